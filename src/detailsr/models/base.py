@@ -1,0 +1,51 @@
+"""What every detailsr network tells its callers, whatever its family."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+
+
+class SRNetwork(nn.Module):
+    """Base of the super-resolution networks.
+
+    Attributes callers rely on (the loader, `upscale`, `eval`, `flops`):
+      arch          family name as the registry knows it ("camixersr", ...)
+      scale         upscaling factor
+      config        constructor hyper-parameters (enough to rebuild the network)
+      min_size      the smallest LR side `net(x)` accepts; `upscale` pads smaller inputs
+      size_multiple LR sides `net(x)` needs to be a multiple of (1 when the network pads itself)
+      tile_safe     True when tiling changes outputs only near tile borders (no image-global ops)
+    """
+
+    arch: str = ""
+    min_size: int = 1
+    size_multiple: int = 1
+    tile_safe: bool = True
+
+    def __init__(self, scale: int, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.scale = scale
+        self.config = dict(config)
+
+    @property
+    def content_aware(self) -> bool:
+        return any(hasattr(m, "set_ratio") for m in self.modules() if m is not self)
+
+    def set_ratio(self, ratio: float) -> None:
+        """Fraction of windows (or pixels) that take the expensive path, in [0, 1]."""
+        if not 0.0 <= ratio <= 1.0:
+            raise ConfigError(f"ratio must lie in [0, 1], got {ratio}")
+        self.ratio = ratio
+        for m in self.modules():
+            if m is not self and hasattr(m, "set_ratio"):
+                m.set_ratio(ratio)
+
+    def set_attention(self, backend: str) -> None:
+        """Select the attention kernel of every attention site ("naive", "sdpa", ...)."""
+        for m in self.modules():
+            if hasattr(m, "attn_type"):
+                m.attn_type = backend

@@ -1,0 +1,207 @@
+"""CAMixer: the content-aware token mixer of CAMixerSR (spec: arch-camixer.md sections 4-5).
+
+A predictor scores every 16x16 window; the top-K windows get (deformable-key) self-attention, the
+others a cheap convolutional spatial attention `v * sa`; a depth-wise conv branch then runs
+everywhere. Module nesting and key names follow the official code so that its checkpoints load
+strictly.
+
+Routing: at inference the mixer gathers only the selected windows, attends, and scatters back.
+`dense_reference=True` computes the same result the training way (every window, masked), which is
+the oracle the gather path is tested against. After each forward `mixer.routing` holds which
+windows took attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import LayerNorm2d, attention, flow_warp, window_partition, window_unpartition
+
+WINDOW = 16
+
+
+@dataclass
+class Routing:
+    """Which windows of one mixer call took the expensive path."""
+
+    keep: torch.Tensor  # (B, K) window indices, row-major over the (H/ws, W/ws) window grid
+    grid: tuple[int, int]  # window rows, window columns
+
+    @property
+    def n_windows(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def fraction(self) -> float:
+        return self.keep.shape[1] / max(self.n_windows, 1)
+
+    def mask(self) -> torch.Tensor:
+        """(B, rows, cols) bool map, True where the window was attended."""
+        b = self.keep.shape[0]
+        m = torch.zeros(b, self.n_windows, dtype=torch.bool, device=self.keep.device)
+        m.scatter_(1, self.keep, True)
+        return m.view(b, *self.grid)
+
+
+def deterministic_k(n: int, ratio: float) -> int:
+    """detailsr's default rule: K = floor(N * ratio + 0.5) (halves round up), clamped to [0, N]."""
+    return min(max(int(math.floor(n * ratio + 0.5)), 0), n)
+
+
+def official_k(n: int, hard_fraction: torch.Tensor, ratio: float) -> int:
+    """The official rule: K = min(int(N * r * 2 * ratio), N), float32 in that order; N when ratio == 1."""
+    if ratio == 1:
+        return n
+    return min(int(n * hard_fraction * 2 * ratio), n)
+
+
+def window_condition(h: int, w: int, ws: int, like: torch.Tensor) -> torch.Tensor:
+    """The 2-channel position code inside each window, tiled: (1, 2, H, W)."""
+    a = torch.linspace(-1, 1, ws, dtype=like.dtype, device=like.device)
+    rows, cols = torch.meshgrid(a, a, indexing="ij")
+    grid = torch.stack((rows, cols))[None]
+    return grid.repeat(1, 1, h // ws, w // ws)
+
+
+class PredictorLG(nn.Module):
+    """Local-global predictor (keys `mixer.route.*`): window scores, offsets, CA and SA."""
+
+    def __init__(self, dim: int, window_size: int = WINDOW, ratio: float = 0.5) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.ratio = ratio
+        cdim = dim + 4
+        c4, c8 = cdim // 4, cdim // 8
+        self.in_conv = nn.Sequential(nn.Conv2d(cdim, c4, 1), LayerNorm2d(c4), nn.LeakyReLU(0.1, inplace=True))
+        self.out_offsets = nn.Sequential(
+            nn.Conv2d(c4, c8, 1), nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(c8, 2, 1)
+        )
+        ws2 = window_size * window_size
+        self.out_mask = nn.Sequential(
+            nn.Linear(ws2, window_size), nn.LeakyReLU(0.1, inplace=True), nn.Linear(window_size, 2),
+            nn.Softmax(dim=-1),
+        )
+        self.out_CA = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c4, dim, 1), nn.Sigmoid())
+        self.out_SA = nn.Sequential(nn.Conv2d(c4, 1, 3, 1, 1), nn.Sigmoid())
+
+    def forward(self, cond: torch.Tensor):
+        """Returns window probabilities p (B, N, 2), offsets (B, 2, H, W), ca (B, C, 1, 1), sa (B, 1, H, W)."""
+        z = self.in_conv(cond)
+        offsets = torch.tanh(self.out_offsets(z)) * 8
+        ca = self.out_CA(z)
+        sa = self.out_SA(z)
+        m = window_partition(z.mean(1, keepdim=True), self.window_size).squeeze(-1)
+        return self.out_mask(m), offsets, ca, sa
+
+
+class CAMixer(nn.Module):
+    """Content-aware mixer (keys `mixer.*`). Forward takes the features and the global condition."""
+
+    def __init__(self, dim: int, window_size: int = WINDOW, ratio: float = 0.5) -> None:
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.ratio = ratio
+        self.stochastic = False  # True: the official Gumbel draw sets K (uses the global torch RNG)
+        self.attn_type = "sdpa"
+        self.dense_reference = False
+        self.routing: Routing | None = None
+        self.hard_fraction: torch.Tensor | None = None
+        self.project_v = nn.Conv2d(dim, dim, 1)
+        self.project_q = nn.Linear(dim, dim)
+        self.project_k = nn.Linear(dim, dim)
+        self.conv_sptial = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, 1, 1, groups=dim),
+            nn.Conv2d(dim, dim, 3, 1, 2, dilation=2, groups=dim),
+        )
+        self.project_out = nn.Conv2d(dim, dim, 1)
+        self.route = PredictorLG(dim, window_size, ratio)
+
+    def set_ratio(self, ratio: float) -> None:
+        self.ratio = ratio
+        self.route.ratio = ratio
+
+    def forward(self, x: torch.Tensor, global_condition: torch.Tensor):
+        """The mixed features; in training also sets `hard_fraction`, the attended share (B, 1)."""
+        ws = self.window_size
+        b, _, h, w = x.shape
+        v = self.project_v(x)
+        cw = window_condition(h, w, ws, x).expand(b, -1, -1, -1)
+        p, offsets, ca, sa = self.route(torch.cat((v, global_condition, cw), dim=1))
+        k_in = x + flow_warp(x, offsets)
+        grid = (h // ws, w // ws)
+
+        if self.training:
+            mask = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
+            self.hard_fraction = mask.mean(1)  # (B, 1), read by the network's ratio loss
+            self.routing = None
+            return self._finish(self._mix_dense(x, k_in, v, sa, mask), ca)
+
+        keep = self._select(p)
+        self.routing = Routing(keep, grid)
+        if self.dense_reference:
+            mask = torch.zeros_like(p[:, :, :1]).scatter_(1, keep[..., None], 1.0)
+            a = self._mix_dense(x, k_in, v, sa, mask)
+        else:
+            a = self._mix_gather(x, k_in, v, sa, keep)
+        return self._finish(a, ca)
+
+    def _select(self, p: torch.Tensor) -> torch.Tensor:
+        """Indices (B, K) of the windows that get attention: the top K by p[..., 0].
+
+        Deterministic mode breaks ties by window index (raster order)."""
+        n = p.shape[1]
+        score = p[:, :, 0]
+        if self.stochastic:
+            # The official draw and sort. Many scores saturate to exactly 1.0 and tie; torch's
+            # (unstable) argsort orders ties its own way, so only this call reproduces the
+            # official window choice.
+            hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
+            k = official_k(n, hard.mean(), self.route.ratio)
+            return torch.argsort(score, dim=1, descending=True)[:, :k]
+        k = deterministic_k(n, self.route.ratio)
+        return torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Single-head attention without 1/sqrt(d) scaling, per window: (B, K, T, C) tensors."""
+        q, k = self.project_q(q), self.project_k(k)
+        return attention(q, k, v, scale=1.0, backend=self.attn_type)
+
+    def _mix_gather(self, x, k_in, v, sa, keep):
+        """Attention on the selected windows only; `v * sa` everywhere else."""
+        ws = self.window_size
+        b, c, h, w = x.shape
+        n_keep = keep.shape[1]
+        n = (h // ws) * (w // ws)
+        if n_keep == n:
+            # Every window attends: no gather needed, and no `v * sa` branch at all.
+            out = self._attend(window_partition(x, ws), window_partition(k_in, ws), window_partition(v, ws))
+            return window_unpartition(out, ws, h, w)
+        out = window_partition(v * sa, ws)
+        if n_keep == 0:
+            return window_unpartition(out, ws, h, w)
+        index = keep[:, :, None, None].expand(b, n_keep, ws * ws, c)
+        pick = lambda t: torch.gather(window_partition(t, ws), 1, index)  # noqa: E731
+        attended = self._attend(pick(x), pick(k_in), torch.gather(window_partition(v, ws), 1, index))
+        out.scatter_(1, index, attended)
+        return window_unpartition(out, ws, h, w)
+
+    def _mix_dense(self, x, k_in, v, sa, mask):
+        """The training form: every window attends, masked by `mask` (B, N, 1) in {0, 1}."""
+        ws = self.window_size
+        _, _, h, w = x.shape
+        m = mask[:, :, :, None]  # broadcast over tokens and channels
+        q = window_partition(x, ws) * m
+        k = window_partition(k_in, ws) * m
+        v1 = window_partition(v, ws) * m
+        v2 = window_partition(v * sa, ws) * (1 - m)
+        return window_unpartition(self._attend(q, k, v1) + v2, ws, h, w)
+
+    def _finish(self, a: torch.Tensor, ca: torch.Tensor) -> torch.Tensor:
+        out = F.gelu(self.conv_sptial(a)) * ca + a
+        return self.project_out(out)

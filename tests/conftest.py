@@ -1,0 +1,29 @@
+"""Shared test fixtures: the read-only reference data in ../shared.
+
+Tests that need a file from ../shared skip with a reason when it is absent (a user's own clone),
+but under CI (CI=true, where ../shared is always present) a missing file is a failure.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DETAILSR_SHARED", REPO.parent / "shared"))
+
+
+def shared_file(relative: str) -> Path:
+    """Path of a file under ../shared; skip (or fail under CI) when it is missing."""
+    path = SHARED / relative
+    if not path.exists():
+        message = f"reference data not found: {path}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def shared():
+    return shared_file
