@@ -31,6 +31,10 @@ class Routing:
 
     keep: torch.Tensor  # (B, K) window indices, row-major over the (H/ws, W/ws) window grid
     grid: tuple[int, int]  # window rows, window columns
+    # Cyclic shift of the window grid (ODI mixers with shifted windows): the windows are those of
+    # the map rolled by -shift on both axes, i.e. window (r, c) covers rows ws*r + shift ..
+    # ws*r + shift + ws - 1 and the same columns, taken modulo the map size. 0 for CAMixerSR.
+    shift: int = 0
 
     @property
     def n_windows(self) -> int:

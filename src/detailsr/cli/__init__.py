@@ -1,0 +1,1 @@
+"""The `detailsr` command line: one module per sub-command."""

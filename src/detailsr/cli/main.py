@@ -1,0 +1,53 @@
+"""Entry point: parse the sub-command, run it, turn errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import DetailSRError
+from . import models, upscale
+
+COMMANDS = (upscale, models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and debug logs")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars")
+    parser = argparse.ArgumentParser(
+        prog="detailsr", description="Content-aware image super-resolution.", parents=[common]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.debug = getattr(args, "debug", False)
+    args.quiet = getattr(args, "quiet", False)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="detailsr: %(levelname)s: %(message)s"
+    )
+    try:
+        return args.run(args) or 0
+    except DetailSRError as e:
+        if args.debug:
+            raise
+        print(f"detailsr: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("detailsr: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure still gets one line without --debug
+        if args.debug:
+            raise
+        print(f"detailsr: error: unexpected {type(e).__name__}: {e} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1

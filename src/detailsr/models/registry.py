@@ -1,0 +1,133 @@
+"""Find the architecture of a state dict and build the network it fits.
+
+Each family module exposes `detect(state_dict) -> (arch, hyper_parameters) | None` and
+`build(arch, config) -> SRNetwork`; this module only asks each family in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import read_state_dict
+from ..errors import CheckpointError, ConfigError
+from . import camixersr, zoo
+from .base import SRNetwork
+
+FAMILIES = (camixersr,)
+
+# Settings that are not hyper-parameters of the weights: applied after building.
+RUNTIME_OPTIONS = ("ratio", "stochastic", "attn_type")
+
+
+def detect(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
+    for family in FAMILIES:
+        found = family.detect(state_dict)
+        if found is not None:
+            return found
+    return None
+
+
+def known_architectures() -> list[str]:
+    return sorted({e.arch for e in zoo.ENTRIES})
+
+
+def load_model(source: str | Path | Mapping | None = None, **overrides: Any) -> SRNetwork:
+    """A network in eval mode from a zoo name, a checkpoint path or a state dict (None: default).
+
+    `overrides`: `arch=` to insist on an architecture; hyper-parameters that shapes cannot tell;
+    runtime options `ratio`, `stochastic` (the official random K of CAMixer) and `attn_type`.
+    """
+    name, state_dict = _resolve(source)
+    runtime = {k: overrides.pop(k) for k in RUNTIME_OPTIONS if k in overrides}
+    wanted_arch = overrides.pop("arch", None)
+    found = detect(state_dict)
+    if found is None:
+        sample = ", ".join(list(state_dict)[:4])
+        raise CheckpointError(
+            f"{name}: no known architecture matches its keys (first keys: {sample}); "
+            f"expected a checkpoint of one of: {', '.join(known_architectures())}"
+        )
+    arch, config = found
+    if wanted_arch is not None and wanted_arch != arch:
+        raise CheckpointError(f"{name} holds a {arch} network ({_describe(config)}), not a {wanted_arch}")
+    net = _build(arch, {**config, **overrides}, name)
+    _load_strict(net, state_dict, name)
+    net.eval()
+    _apply_runtime(net, runtime)
+    return net
+
+
+def _resolve(source) -> tuple[str, dict[str, torch.Tensor]]:
+    if source is None:
+        source = zoo.DEFAULT_MODEL
+    if isinstance(source, Mapping):
+        return "the given state dict", read_state_dict(source)
+    entry = zoo.get(str(source)) if not Path(source).exists() else None
+    if entry is not None:
+        return entry.name, read_state_dict(zoo.fetch(entry))
+    path = Path(source)
+    if not path.exists() and path.suffix == "":
+        raise CheckpointError(f"{source} is neither a checkpoint file nor a zoo model (see `detailsr models`)")
+    return str(path), read_state_dict(path)
+
+
+def _build(arch: str, config: dict, name: str) -> SRNetwork:
+    for family in FAMILIES:
+        try:
+            return family.build(arch, config)
+        except KeyError:
+            continue
+        except TypeError as e:
+            raise ConfigError(f"{name}: bad hyper-parameter for {arch}: {e}") from e
+    raise CheckpointError(f"{name}: architecture {arch} has no builder")
+
+
+def _load_strict(net: SRNetwork, state_dict: dict, name: str) -> None:
+    ignored = getattr(net, "ignored_checkpoint_keys", ())
+    state_dict = {k: v for k, v in state_dict.items() if not any(k.endswith(s) for s in ignored)}
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        missing, unexpected, mismatched = _diff(net.state_dict(), state_dict)
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} with other shapes (e.g. {mismatched[0]})")
+        raise CheckpointError(
+            f"{name} does not fit {net.arch} ({_describe(net.config)}): " + "; ".join(parts or [str(e)])
+        ) from e
+
+
+def _diff(expected: dict, given: dict) -> tuple[list[str], list[str], list[str]]:
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    mismatched = [
+        f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and given[k].shape != v.shape
+    ]
+    return missing, unexpected, mismatched
+
+
+def _apply_runtime(net: SRNetwork, runtime: dict) -> None:
+    if "attn_type" in runtime:
+        net.set_attention(runtime["attn_type"])
+    if "stochastic" in runtime:
+        for m in net.modules():
+            if hasattr(m, "stochastic"):
+                m.stochastic = bool(runtime["stochastic"])
+    if "ratio" in runtime and runtime["ratio"] is not None:
+        if not net.content_aware:
+            raise ConfigError(f"{net.arch} has no ratio (it is not content-aware)")
+        net.set_ratio(float(runtime["ratio"]))
+
+
+def _describe(config: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in config.items())
