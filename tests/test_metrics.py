@@ -59,7 +59,7 @@ PAIRS = [
     ("Set14", "bridge"),  # gray
     ("Set14", "comic"),
     ("B100", "3096"),
-    ("Urban100", "img004"),
+    ("B100", "101085"),  # portrait
 ]
 PAIR_CASES = [pytest.param(s, n, k, id=f"{s}-{n}-x{k}") for s, n in PAIRS for k in (2, 3, 4)]
 
@@ -70,7 +70,9 @@ def test_y_channel_metrics_match_skimage(set_name: str, name: str, scale: int) -
     c = scale
     y_sr, y_hr = _skimage_y(sr)[c:-c, c:-c], _skimage_y(hr)[c:-c, c:-c]
     np.testing.assert_allclose(rgb_to_y(sr)[c:-c, c:-c], y_sr, rtol=0, atol=1e-9)
-    assert abs(psnr(sr, hr, c, y_channel=True) - peak_signal_noise_ratio(y_hr, y_sr, data_range=255)) < PSNR_TOL
+    assert (
+        abs(psnr(sr, hr, c, y_channel=True) - peak_signal_noise_ratio(y_hr, y_sr, data_range=255)) < PSNR_TOL
+    )
     assert abs(ssim(sr, hr, c, y_channel=True) - structural_similarity(y_hr, y_sr, **SKIMAGE_SSIM)) < SSIM_TOL
 
 
@@ -106,9 +108,16 @@ def test_evaluate_rgb_and_ws_protocols() -> None:
     rgb = evaluate(sr, hr, 4, protocol="rgb")
     assert rgb == {"psnr": psnr(sr, hr), "ssim": ssim(sr, hr)}
     ws = evaluate(sr, hr, 4, protocol="ws")
-    assert ws == {"psnr": psnr(sr, hr), "ssim": ssim(sr, hr), "ws_psnr": ws_psnr(sr, hr), "ws_ssim": ws_ssim(sr, hr)}
+    assert ws == {
+        "psnr": psnr(sr, hr),
+        "ssim": ssim(sr, hr),
+        "ws_psnr": ws_psnr(sr, hr),
+        "ws_ssim": ws_ssim(sr, hr),
+    }
     with pytest.raises(ConfigError):
         evaluate(sr, hr, 4, protocol="lpips")
+    with pytest.raises(ConfigError):
+        evaluate(sr, hr, 0, protocol="rgb")
 
 
 # --- Y channel, PSNR and SSIM properties --------------------------------------------------
@@ -119,7 +128,7 @@ def test_rgb_to_y_range_and_gray() -> None:
     np.testing.assert_allclose(rgb_to_y(np.full((2, 2, 3), 255, np.uint8)), 235.0, rtol=0, atol=1e-12)
     gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
     np.testing.assert_array_equal(rgb_to_y(gray), rgb_to_y(np.stack([gray] * 3, axis=-1)))
-    np.testing.assert_allclose(rgb_to_y(gray), 219 * gray / 255 + 16, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(rgb_to_y(gray), 219 * gray.astype(np.float64) / 255 + 16, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(rgb_to_y(gray[..., None]), rgb_to_y(gray))
     with pytest.raises(ConfigError):
         rgb_to_y(np.zeros((4, 4, 4), np.uint8))
@@ -184,6 +193,9 @@ def _erp_pair(name: str = "bedroom_horizonnet.png", width: int = 128) -> tuple[n
     return sr, hr
 
 
+ERP_IMAGES = ["bedroom_horizonnet.png", "park_360sr.png", "synthetic_cubefaces_py360convert.png"]
+
+
 def _latitude_weight(row: int, rows: int) -> float:
     """papers.md 4.3: w_j = cos((j + 0.5 - H/2) * pi / H)."""
     return math.cos((row + 0.5 - rows / 2) * math.pi / rows)
@@ -218,13 +230,13 @@ def _direct_ws_ssim(sr: np.ndarray, hr: np.ndarray, image_rows: bool = False) ->
     return float(np.mean(values))
 
 
-@pytest.mark.parametrize("name", ["bedroom_horizonnet.png", "park_360sr.png", "synthetic_cubefaces_py360convert.png"])
+@pytest.mark.parametrize("name", ERP_IMAGES)
 def test_ws_psnr_matches_direct_formula(name: str) -> None:
     sr, hr = _erp_pair(name)
     assert ws_psnr(sr, hr) == pytest.approx(_direct_ws_psnr(sr, hr), abs=1e-9)
 
 
-@pytest.mark.parametrize("name", ["bedroom_horizonnet.png", "park_360sr.png", "synthetic_cubefaces_py360convert.png"])
+@pytest.mark.parametrize("name", ERP_IMAGES)
 def test_ws_ssim_matches_direct_formula_with_recomputed_weights(name: str) -> None:
     sr, hr = _erp_pair(name)
     assert ws_ssim(sr, hr) == pytest.approx(_direct_ws_ssim(sr, hr), abs=1e-9)

@@ -90,6 +90,8 @@ def evaluate(sr: np.ndarray, hr: np.ndarray, scale: int, protocol: str = "y") ->
     """
     if protocol not in _PROTOCOLS:
         raise ConfigError(f"unknown metric protocol {protocol!r}; expected one of {', '.join(_PROTOCOLS)}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ConfigError(f"scale must be a positive integer, got {scale!r}")
     if protocol == "y":
         return {"psnr": psnr(sr, hr, scale, True), "ssim": ssim(sr, hr, scale, True)}
     result = {"psnr": psnr(sr, hr), "ssim": ssim(sr, hr)}

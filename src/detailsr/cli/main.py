@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"detailsr: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `detailsr models | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("detailsr: interrupted", file=sys.stderr)
         return 130

@@ -11,7 +11,6 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("models", parents=[common], help="list the model zoo",
                        description="List the named models: architecture, scale, parameters, source, "
                        "licence and the metrics their authors report.")
-    p.add_argument("-v", "--verbose", action="store_true", help="also show reported metrics and notes")
     p.set_defaults(run=run)
 
 
@@ -22,13 +21,12 @@ def run(args: argparse.Namespace) -> int:
         rows.append((e.name, e.arch, f"x{e.scale}", f"{e.params:,}", e.licence, cached, e.source))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print("\nreported by the authors (not re-measured):")
     for e in zoo.ENTRIES:
-        if not args.verbose:
-            break
-        print(f"\n{e.name}: {e.notes}" + (f" (evaluated at ratio {e.ratio})" if e.ratio is not None else ""))
-        print(f"  url: {e.url}")
+        ratio = f", evaluated at ratio {e.ratio}" if e.ratio is not None else ""
+        print(f"  {e.name}: {e.notes}{ratio}")
         for k, v in e.metrics.items():
-            print(f"  {k}: {v}")
-    print(f"\ncache folder: {zoo.cache_dir()}  (default model: {zoo.DEFAULT_MODEL})")
+            print(f"      {k}: {v}")
+    print(f"\ncache folder: {zoo.cache_dir()}   default model: {zoo.DEFAULT_MODEL}")
     return 0

@@ -19,7 +19,9 @@ from ..errors import CheckpointError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
 
-_CAMIXER_RAW = "https://github.com/icandle/CAMixerSR/raw/d690b12bb2a0a185dc0049538b377d569f520497/pretrained_models/"
+_CAMIXER_RAW = (
+    "https://github.com/icandle/CAMixerSR/raw/d690b12bb2a0a185dc0049538b377d569f520497/pretrained_models/"
+)
 _CAMIXER_SOURCE = "icandle/CAMixerSR (official)"
 
 
@@ -41,8 +43,8 @@ class ZooEntry:
 
 def _camixer(name, path, scale, params, metrics, sha256=None, notes="", arch="camixersr"):
     return ZooEntry(
-        name=name, file="camixersr/" + path, url=_CAMIXER_RAW + path, arch=arch, scale=scale, params=params, licence="Apache-2.0",
-        source=_CAMIXER_SOURCE, sha256=sha256, ratio=0.5, metrics=metrics, notes=notes,
+        name=name, file="camixersr/" + path, url=_CAMIXER_RAW + path, arch=arch, scale=scale, params=params,
+        licence="Apache-2.0", source=_CAMIXER_SOURCE, sha256=sha256, ratio=0.5, metrics=metrics, notes=notes,
     )
 
 

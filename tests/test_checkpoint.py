@@ -1,0 +1,90 @@
+"""Safe checkpoint reading: formats, wrappers, and every way a file can be wrong."""
+
+import pickle
+
+import pytest
+import torch
+from conftest import shared_file
+
+import detailsr
+from detailsr.checkpoint import read_state_dict, save_state_dict
+from detailsr.errors import CheckpointError
+from detailsr.models.camixersr import CAMixerSR
+
+
+@pytest.fixture(scope="module")
+def official():
+    return torch.load(shared_file("weights/CAMixerSR_S.pth"), weights_only=True)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_params_ema_is_preferred(official):
+    sd = read_state_dict(shared_file("weights/CAMixerSR_S.pth"))
+    assert _same(sd, official["params_ema"])
+    assert not _same(sd, official["params"])
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda sd: sd,
+    lambda sd: {"params": sd},
+    lambda sd: {"state_dict": sd, "epoch": 3},
+    lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}},
+])
+def test_wrappers_and_module_prefix_are_unwrapped(tmp_path, official, wrap):
+    path = tmp_path / "ckpt.pth"
+    torch.save(wrap(official["params_ema"]), path)
+    assert _same(read_state_dict(path), official["params_ema"])
+    assert detailsr.load_model(path).config["n_feats"] == 36
+
+
+def test_safetensors_round_trip(tmp_path, official):
+    path = tmp_path / "s.safetensors"
+    save_state_dict(official["params_ema"], path, {"arch": "camixersr"})
+    net = detailsr.load_model(path)
+    assert _same(net.state_dict(), official["params_ema"])
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.write_bytes(shared_file("weights/CAMixerSR_S.pth").read_bytes()[:100_000]), "corrupt or truncated"),
+    (lambda p: p.write_text("not a checkpoint at all\n"), "refusing to unpickle|corrupt"),
+    (lambda p: p.write_bytes(pickle.dumps({"params": _Evil()})), "refusing to unpickle"),
+    (lambda p: torch.save({"note": "no tensors"}, p), "contains no tensors"),
+    (lambda p: torch.save([torch.zeros(2)], p), "not a state dict"),
+])
+def test_bad_files_raise_one_line_errors_naming_the_file(tmp_path, make, message):
+    path = tmp_path / "bad.pth"
+    make(path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        read_state_dict(path)
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_corrupt_safetensors(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        read_state_dict(path)
+
+
+def test_missing_file_and_unknown_name():
+    with pytest.raises(CheckpointError, match="does not exist"):
+        detailsr.load_model("no/such/file.pth")
+    with pytest.raises(CheckpointError, match="neither a checkpoint file nor a zoo model"):
+        detailsr.load_model("camixersr-xxl")
+
+
+def test_state_dict_in_memory():
+    net = CAMixerSR(n_feats=24, n_block=(1, 2), scale=3)
+    loaded = detailsr.load_model(net.state_dict())
+    assert loaded.config == {"n_feats": 24, "n_block": [1, 2], "scale": 3}
+    assert _same(loaded.state_dict(), net.state_dict())

@@ -1,0 +1,103 @@
+"""`detailsr.upscale`: input kinds, any size, and tiling without seams."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import shared_file
+from PIL import Image
+
+import detailsr
+from detailsr.errors import ConfigError
+from detailsr.inference import run, tile_origins
+
+
+@pytest.fixture(scope="module")
+def net():
+    return detailsr.load_model(shared_file("weights/CAMixerSR_S.pth"), ratio=0.5)
+
+
+def real_crop(h, w):
+    img = cv2.imread(str(shared_file("datasets/B100/HR/101087.png")), cv2.IMREAD_COLOR)[:, :, ::-1]
+    return np.ascontiguousarray(img[:h, :w])
+
+
+def test_tile_origins_cover_the_axis_with_the_overlap():
+    assert tile_origins(100, 40, 8) == [0, 32, 60]
+    assert tile_origins(40, 40, 8) == [0]
+    assert tile_origins(30, 40, 8) == [0]
+
+
+@pytest.mark.slow
+def test_tiled_output_matches_whole_image_without_seams(net):
+    lr = real_crop(96, 128)
+    whole = detailsr.upscale(lr, net, ratio=1.0)
+    tiled = detailsr.upscale(lr, net, ratio=1.0, tile=48, tile_overlap=16)
+    diff = np.abs(whole.astype(np.float64) - tiled.astype(np.float64)).mean(axis=2)
+    assert diff.mean() <= 0.5
+    # seams: compare the difference on the tile borders with the difference everywhere else
+    s = net.scale
+    borders = set()
+    for starts in (tile_origins(96, 48, 16), tile_origins(128, 48, 16)):
+        borders |= {o * s for o in starts[1:]} | {(o + 48) * s - 1 for o in starts[:-1]}
+    rows = sorted(b for b in borders if b < diff.shape[0])
+    cols = sorted(b for b in borders if b < diff.shape[1])
+    on_border = max(diff[rows, :].max(), diff[:, cols].max())
+    mask = np.ones_like(diff, dtype=bool)
+    mask[rows, :] = False
+    mask[:, cols] = False
+    assert on_border <= diff[mask].max()
+
+
+def test_feathered_blend_differs_from_plain_averaging(net):
+    x = torch.from_numpy(real_crop(40, 56)).permute(2, 0, 1)[None].float() / 255
+    feather = run(net, x, ratio=1.0, tile=24, tile_overlap=8, blend="feather")
+    average = run(net, x, ratio=1.0, tile=24, tile_overlap=8, blend="average")
+    assert feather.shape == average.shape == (1, 3, 160, 224)
+    assert (feather - average).abs().max() > 0
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (1, 7), (5, 3), (15, 16), (17, 2)])
+def test_tiny_images(net, h, w):
+    out = detailsr.upscale(real_crop(h, w), net)
+    assert out.shape == (h * 4, w * 4, 3)
+    assert out.dtype == np.uint8
+
+
+def test_input_kinds_give_the_same_kind_back(net):
+    rgb = real_crop(20, 24)
+    as_array = detailsr.upscale(rgb, net)
+    as_pil = detailsr.upscale(Image.fromarray(rgb), net)
+    as_tensor = detailsr.upscale(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255, net)
+    assert isinstance(as_pil, Image.Image) and as_pil.size == (96, 80)
+    assert np.array_equal(np.asarray(as_pil), as_array)
+    assert as_tensor.shape == (3, 80, 96)
+    assert np.abs(np.round(as_tensor.permute(1, 2, 0).numpy() * 255) - as_array).max() <= 1
+
+
+def test_uint16_gray_and_alpha_arrays(net):
+    rgb = real_crop(20, 24)
+    deep = detailsr.upscale(rgb.astype(np.uint16) * 257, net)
+    assert deep.dtype == np.uint16
+    assert np.abs(deep.astype(np.int64) / 257 - detailsr.upscale(rgb, net)).max() <= 1
+    gray = detailsr.upscale(rgb[:, :, 1], net)
+    assert gray.shape == (80, 96)
+    rgba = np.dstack([rgb, np.linspace(0, 255, 24, dtype=np.uint8)[None].repeat(20, 0)])
+    out = detailsr.upscale(rgba, net)
+    assert out.shape == (80, 96, 4)
+    assert np.array_equal(out[:, :, :3], detailsr.upscale(rgb, net))
+
+
+def test_ratio_is_restored_after_the_call(net):
+    net.set_ratio(0.5)
+    detailsr.upscale(real_crop(16, 16), net, ratio=0.0)
+    assert all(m.route.ratio == 0.5 for m in net.mixers())
+
+
+def test_bad_arguments(net):
+    with pytest.raises(ConfigError, match="tile"):
+        run(net, torch.rand(1, 3, 8, 8), tile=0)
+    with pytest.raises(ConfigError, match="blend"):
+        run(net, torch.rand(1, 3, 8, 8), tile=4, blend="max")
+    with pytest.raises(ConfigError, match="uint8 or uint16"):
+        detailsr.upscale(np.zeros((4, 4, 3), np.float32), net)
