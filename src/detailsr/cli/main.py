@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from PIL import Image
+
 from ..errors import DetailSRError
 from . import models, upscale
 
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)
     args.quiet = getattr(args, "quiet", False)
+    # `--max-pixels` is the one decompression-bomb limit of the command; Pillow's own is lower.
+    Image.MAX_IMAGE_PIXELS = None
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="detailsr: %(levelname)s: %(message)s"
     )
