@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 from .models.base import SRNetwork
+from .models.layers import pad_to_multiple
 
 BLENDS = ("feather", "average")
 
@@ -137,15 +138,26 @@ def _ratio(net: SRNetwork, ratio: float | None) -> Iterator[None]:
 
 
 def forward_any_size(net: SRNetwork, x: torch.Tensor) -> torch.Tensor:
-    """`net(x)` for any H, W >= 1: replicate-pad to what the network accepts, then crop."""
+    """`net(x)` for any H, W >= 1, as the official test pipeline runs it, cropped back.
+
+    Inputs below the network's minimum are first replicate-padded up to it (reflection needs a
+    side longer than the pad); then the pipeline's reflect padding and the network's multiple apply.
+    """
     h, w = x.shape[-2:]
-    m = max(net.size_multiple, 1)
-    ph = max(net.min_size, -(-h // m) * m) - h
-    pw = max(net.min_size, -(-w // m) * m) - w
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    small_h, small_w = max(net.min_size - h, 0), max(net.min_size - w, 0)
+    if small_h or small_w:
+        x = F.pad(x, (0, small_w, 0, small_h), mode="replicate")
+    x = _pad_to(x, net.pipeline_multiple, "reflect")
+    x = _pad_to(x, net.size_multiple, "replicate")
     y = net(x)
     return y[:, :, : h * net.scale, : w * net.scale]
+
+
+def _pad_to(x: torch.Tensor, multiple: int, mode: str) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if mode == "reflect" and (-h % multiple >= h or -w % multiple >= w):
+        mode = "replicate"  # too small to reflect
+    return pad_to_multiple(x, multiple, mode)
 
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:

@@ -19,12 +19,15 @@ class SRNetwork(nn.Module):
       min_size      the smallest LR side `net(x)` accepts; `upscale` pads smaller inputs
       size_multiple LR sides `net(x)` needs to be a multiple of (1 when the network pads itself)
       tile_safe     True when tiling changes outputs only near tile borders (no image-global ops)
+      pipeline_multiple  the official *test pipeline* reflect-pads inputs to this multiple before
+                    the network (ESC: 32); `upscale`/`eval` do the same, `net(x)` does not
     """
 
     arch: str = ""
     min_size: int = 1
     size_multiple: int = 1
     tile_safe: bool = True
+    pipeline_multiple: int = 1
 
     def __init__(self, scale: int, config: dict[str, Any]) -> None:
         super().__init__()
