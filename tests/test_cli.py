@@ -108,7 +108,7 @@ def test_one_file_to_a_named_output_and_overwrite(tmp_path, model):
 def test_glob_input_next_to_the_inputs_with_suffix(tmp_path, model):
     for name in ("x.png", "y.png", "z.jpg"):
         crop("datasets/Set5/HR/head.png", 16, 16).save(tmp_path / name)
-    result = detailsr("upscale", str(tmp_path / "*.png"), "-m", model, "--suffix", "-big", "--tile", "8", "-q")
+    result = detailsr("upscale", str(tmp_path / "*.png"), "-m", model, "--suffix=-big", "--tile", "8", "-q")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x-big.png", "x.png", "y-big.png", "y.png", "z.jpg"]
 

@@ -101,3 +101,23 @@ def test_bad_arguments(net):
         run(net, torch.rand(1, 3, 8, 8), tile=4, blend="max")
     with pytest.raises(ConfigError, match="uint8 or uint16"):
         detailsr.upscale(np.zeros((4, 4, 3), np.float32), net)
+
+
+def test_odi_network_gets_the_latitude_of_the_whole_panorama():
+    from detailsr.models.camixersr import CAMixerOSR, latitude_condition
+
+    torch.manual_seed(0)
+    net = CAMixerOSR(n_feats=12, n_block=(1, 1), scale=2).eval()
+    erp = cv2.imread(str(shared_file("datasets/ODI/bedroom_horizonnet.png")), cv2.IMREAD_COLOR)[:, :, ::-1]
+    erp = cv2.resize(np.ascontiguousarray(erp), (64, 32), interpolation=cv2.INTER_AREA)
+    x = torch.from_numpy(erp).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        expected = net(x, latitude_condition(32, 64)).clamp(0, 1)
+        zero_condition = net(x).clamp(0, 1)
+    assert torch.allclose(detailsr.upscale(x, net), expected, atol=1e-6)
+    assert not torch.allclose(zero_condition, expected, atol=1e-3)
+    # a tile sees its own rows of the panorama's latitude map
+    tiled = run(net, x, tile=16, tile_overlap=0)
+    with torch.no_grad():
+        corner = net(x[:, :, 16:32, 48:64], latitude_condition(32, 64)[:, :, 16:32, 48:64]).clamp(0, 1)
+    assert torch.allclose(tiled[:, :, 32:64, 96:128], corner, atol=1e-6)

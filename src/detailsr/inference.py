@@ -113,10 +113,11 @@ def run(
     device = next(net.parameters()).device
     with _ratio(net, ratio):
         h, w = x.shape[-2:]
+        condition = net.condition_for(x)
         if tile is None or (tile >= h and tile >= w):
-            y = forward_any_size(net, x.to(device))
+            y = forward_any_size(net, x.to(device), _to(condition, device))
         else:
-            y = _tiled(net, x, tile, tile_overlap, blend, progress, device)
+            y = _tiled(net, x, condition, tile, tile_overlap, blend, progress, device)
     return y.clamp_(0, 1).cpu()
 
 
@@ -137,11 +138,16 @@ def _ratio(net: SRNetwork, ratio: float | None) -> Iterator[None]:
             net.set_ratio(before)
 
 
-def forward_any_size(net: SRNetwork, x: torch.Tensor) -> torch.Tensor:
+def _to(t: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)
+
+
+def forward_any_size(net: SRNetwork, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
     """`net(x)` for any H, W >= 1, as the official test pipeline runs it, cropped back.
 
     Inputs below the network's minimum are first replicate-padded up to it (reflection needs a
     side longer than the pad); then the pipeline's reflect padding and the network's multiple apply.
+    A `condition` map (see `SRNetwork.condition_for`) is padded alongside by replication.
     """
     h, w = x.shape[-2:]
     small_h, small_w = max(net.min_size - h, 0), max(net.min_size - w, 0)
@@ -149,7 +155,11 @@ def forward_any_size(net: SRNetwork, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, (0, small_w, 0, small_h), mode="replicate")
     x = _pad_to(x, net.pipeline_multiple, "reflect")
     x = _pad_to(x, net.size_multiple, "replicate")
-    y = net(x)
+    if condition is None:
+        y = net(x)
+    else:
+        ph, pw = x.shape[-2] - h, x.shape[-1] - w
+        y = net(x, F.pad(condition, (0, pw, 0, ph), mode="replicate") if ph or pw else condition)
     return y[:, :, : h * net.scale, : w * net.scale]
 
 
@@ -184,7 +194,7 @@ def _ramp(length: int, tile_len: int, start: int, overlap: int, scale: int, blen
     return weight
 
 
-def _tiled(net, x, tile, overlap, blend, progress, device):
+def _tiled(net, x, condition, tile, overlap, blend, progress, device):
     n, _, h, w = x.shape
     s = net.scale
     th, tw = min(tile, h), min(tile, w)
@@ -194,8 +204,9 @@ def _tiled(net, x, tile, overlap, blend, progress, device):
     weights = torch.zeros(1, 1, h * s, w * s)
     boxes = [(t, lf) for t in tops for lf in lefts]
     for top, left in _progress(boxes, progress, "tiles"):
-        patch = x[:, :, top : top + th, left : left + tw].to(device)
-        y = forward_any_size(net, patch).float().cpu()
+        box = (slice(None), slice(None), slice(top, top + th), slice(left, left + tw))
+        part = None if condition is None else condition[box].to(device)
+        y = forward_any_size(net, x[box].to(device), part).float().cpu()
         wy = _ramp(h, th, top, overlap, s, blend)
         wx = _ramp(w, tw, left, overlap, s, blend)
         wgt = (wy[:, None] * wx[None, :])[None, None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -46,6 +47,13 @@ class SRNetwork(nn.Module):
         for m in self.modules():
             if m is not self and hasattr(m, "set_ratio"):
                 m.set_ratio(ratio)
+
+    def condition_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        """An extra input map the network needs for the whole image `x` (None: it needs none).
+
+        `upscale` computes it once for the whole image and crops it with each tile.
+        """
+        return None
 
     def set_attention(self, backend: str) -> None:
         """Select the attention kernel of every attention site ("naive", "sdpa", ...)."""

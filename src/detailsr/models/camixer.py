@@ -9,6 +9,9 @@ Routing: at inference the mixer gathers only the selected windows, attends, and 
 `dense_reference=True` computes the same result the training way (every window, masked), which is
 the oracle the gather path is tested against. After each forward `mixer.routing` holds which
 windows took attention.
+
+`CAMixerODI` (with `PredictorODI`) is the mixer of the ODI network CAMixerOSR (spec section 7.2):
+shifted windows, a latitude condition instead of the learned global one, q = k = the warped map.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class PredictorLG(nn.Module):
         self.out_SA = nn.Sequential(nn.Conv2d(c4, 1, 3, 1, 1), nn.Sigmoid())
 
     def forward(self, cond: torch.Tensor):
-        """Returns window probabilities p (B, N, 2), offsets (B, 2, H, W), ca (B, C, 1, 1), sa (B, 1, H, W)."""
+        """Window probabilities p (B, N, 2), offsets (B, 2, H, W), ca (B, C, 1, 1), sa (B, 1, H, W)."""
         z = self.in_conv(cond)
         offsets = torch.tanh(self.out_offsets(z)) * 8
         ca = self.out_CA(z)
@@ -209,3 +212,123 @@ class CAMixer(nn.Module):
     def _finish(self, a: torch.Tensor, ca: torch.Tensor) -> torch.Tensor:
         out = F.gelu(self.conv_sptial(a)) * ca + a
         return self.project_out(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# ODI variant (spec section 7.2): the mixer of CAMixerOSR, for equirectangular panoramas.
+
+
+def odi_k(n: int, hard_fraction: torch.Tensor) -> int:
+    """The ODI code's rule: K = int(N * r), float32, no ratio factor and no ratio == 1 branch."""
+    return min(int(n * hard_fraction), n)
+
+
+class PredictorODI(nn.Module):
+    """The ODI predictor (keys `mixer.route.*`).
+
+    Differs from `PredictorLG`: the input has C + 3 channels (v, the 1-channel latitude condition,
+    the 2-channel window code), `in_conv` has no LayerNorm (key `in_conv.0` only), every LeakyReLU
+    has slope 0.2, and the offsets are returned raw (no tanh, no x8).
+    """
+
+    def __init__(self, dim: int, window_size: int = WINDOW, ratio: float = 0.5) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.ratio = ratio
+        cdim = dim + 3
+        c4, c8 = cdim // 4, cdim // 8
+        self.in_conv = nn.Sequential(nn.Conv2d(cdim, c4, 1), nn.LeakyReLU(0.2, inplace=True))
+        self.out_offsets = nn.Sequential(
+            nn.Conv2d(c4, c8, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(c8, 2, 1)
+        )
+        ws2 = window_size * window_size
+        self.out_mask = nn.Sequential(
+            nn.Linear(ws2, window_size), nn.LeakyReLU(0.2, inplace=True), nn.Linear(window_size, 2),
+            nn.Softmax(dim=-1),
+        )
+        self.out_CA = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c4, dim, 1), nn.Sigmoid())
+        self.out_SA = nn.Sequential(nn.Conv2d(c4, 1, 3, 1, 1), nn.Sigmoid())
+
+    def forward(self, cond: torch.Tensor):
+        """Window probabilities p (B, N, 2), offsets (B, 2, H, W), ca (B, C, 1, 1), sa (B, 1, H, W)."""
+        z = self.in_conv(cond)
+        offsets = self.out_offsets(z)
+        ca = self.out_CA(z)
+        sa = self.out_SA(z)
+        m = window_partition(z.mean(1, keepdim=True), self.window_size).squeeze(-1)
+        return self.out_mask(m), offsets, ca, sa
+
+
+class CAMixerODI(CAMixer):
+    """The ODI content-aware mixer (keys `mixer.*`): shifted windows, latitude condition.
+
+    Forward `(x, condition)` with `condition` the (B, 1, H, W) cos-latitude map. Differences from
+    `CAMixer`, in forward order (spec 7.2):
+
+    * `v = project_v(x)` and the window code are rolled by -shift on both axes; the latitude
+      condition is not. `route` sees `[v, condition, window code]` (C + 3 channels), so scores,
+      offsets, `sa` and the window grid are those of the rolled map.
+    * The warp uses the raw offsets on the **un-rolled** `x` (as the official code does, although
+      the offsets were computed in rolled coordinates); the warped map is then rolled by -shift and
+      serves as both query and key (no `x +` residual).
+    * The assembled map (attention windows and `v * sa` windows) is rolled back by +shift before
+      `conv_sptial`, which is 1x1 -> depth-wise 5x5 -> depth-wise 5x5 with dilation 3.
+    * Stochastic K is `int(N * r)` (r the Gumbel hard fraction); the deterministic default is the
+      library's `deterministic_k(N, ratio)` as for `CAMixer`.
+
+    `routing` after an eval forward carries `shift`, since its window grid is the rolled one.
+    """
+
+    def __init__(self, dim: int, window_size: int = WINDOW, ratio: float = 0.5, shift: int = 0) -> None:
+        super().__init__(dim, window_size, ratio)
+        self.shift = shift
+        # Same attribute names (and so the same key order) as CAMixer; only the modules differ.
+        self.conv_sptial = nn.Sequential(
+            nn.Conv2d(dim, dim, 1),
+            nn.Conv2d(dim, dim, 5, 1, 2, groups=dim),
+            nn.Conv2d(dim, dim, 5, 1, 6, dilation=3, groups=dim),
+        )
+        self.route = PredictorODI(dim, window_size, ratio)
+
+    def _roll(self, t: torch.Tensor, sign: int) -> torch.Tensor:
+        if self.shift == 0:
+            return t
+        return torch.roll(t, shifts=(sign * self.shift, sign * self.shift), dims=(2, 3))
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor):
+        """The mixed features; in training also sets `hard_fraction`, the attended share (B, 1)."""
+        ws = self.window_size
+        b, _, h, w = x.shape
+        v = self._roll(self.project_v(x), -1)
+        cw = self._roll(window_condition(h, w, ws, x), -1).expand(b, -1, -1, -1)
+        p, offsets, ca, sa = self.route(torch.cat((v, condition, cw), dim=1))
+        qk = self._roll(flow_warp(x, offsets), -1)  # query = key = the warped, rolled map
+        grid = (h // ws, w // ws)
+
+        if self.training:
+            mask = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
+            self.hard_fraction = mask.mean(1)  # (B, 1), read by the network's ratio loss
+            self.routing = None
+            return self._finish(self._roll(self._mix_dense(qk, qk, v, sa, mask), 1), ca)
+
+        keep = self._select(p)
+        self.routing = Routing(keep, grid, self.shift)
+        if self.dense_reference:
+            mask = torch.zeros_like(p[:, :, :1]).scatter_(1, keep[..., None], 1.0)
+            a = self._mix_dense(qk, qk, v, sa, mask)
+        else:
+            a = self._mix_gather(qk, qk, v, sa, keep)
+        return self._finish(self._roll(a, 1), ca)
+
+    def _select(self, p: torch.Tensor) -> torch.Tensor:
+        """Indices (B, K) of the attended windows: the top K by p[..., 0] (see `CAMixer._select`)."""
+        n = p.shape[1]
+        score = p[:, :, 0]
+        if self.stochastic:
+            # The official draw (one Gumbel sample of B*N*2 values from the global RNG), the ODI
+            # count rule and the official (unstable) argsort.
+            hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
+            k = odi_k(n, hard.mean())
+            return torch.argsort(score, dim=1, descending=True)[:, :k]
+        k = deterministic_k(n, self.route.ratio)
+        return torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]
