@@ -5,6 +5,8 @@ but under CI (CI=true, where ../shared is always present) a missing file is a fa
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,11 @@ def shared_file(relative: str) -> Path:
 @pytest.fixture
 def shared():
     return shared_file
+
+
+def run_cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real `detailsr` command in a subprocess (offline: zoo downloads are refused)."""
+    return subprocess.run(
+        [sys.executable, "-m", "detailsr", *map(str, args)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "DETAILSR_OFFLINE": "1", **(env or {})},
+    )

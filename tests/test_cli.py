@@ -1,21 +1,11 @@
 """The real `detailsr` command in a subprocess, on real images in every supported form."""
 
-import os
-import subprocess
-import sys
-
 import cv2
 import numpy as np
 import pytest
+from conftest import run_cli as detailsr
 from conftest import shared_file
 from PIL import Image
-
-
-def detailsr(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "detailsr", *map(str, args)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "DETAILSR_OFFLINE": "1", **(env or {})},
-    )
 
 
 @pytest.fixture(scope="module")

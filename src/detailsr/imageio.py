@@ -325,7 +325,7 @@ def write_image(
         raise _error(f"{path}: cannot write images with extension '{ext}' (supported: {supported})")
     _check_destination(path, overwrite)
     _check_arrays(path, pixels, alpha)
-    _write_atomic(path, _encode(path, ext, pixels, alpha, grayscale))
+    write_bytes_atomic(path, _encode(path, ext, pixels, alpha, grayscale))
 
 
 def _check_destination(path: Path, overwrite: bool) -> None:
@@ -413,7 +413,7 @@ def _pillow_encode(path: Path, ext: str, array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write to a hidden temporary file next to `path`, then rename it over `path`."""
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     # os.open with 0o666 lets the umask decide the permissions, as for any new file (mkstemp gives 0600).

@@ -111,7 +111,7 @@ def run(
     if tile_overlap < 0:
         raise ConfigError(f"tile overlap must not be negative, got {tile_overlap}")
     device = next(net.parameters()).device
-    with _ratio(net, ratio):
+    with ratio_setting(net, ratio):
         h, w = x.shape[-2:]
         condition = net.condition_for(x)
         if tile is None or (tile >= h and tile >= w):
@@ -122,7 +122,7 @@ def run(
 
 
 @contextlib.contextmanager
-def _ratio(net: SRNetwork, ratio: float | None) -> Iterator[None]:
+def ratio_setting(net: SRNetwork, ratio: float | None) -> Iterator[None]:
     """Use `ratio` for this call only."""
     if ratio is None:
         yield

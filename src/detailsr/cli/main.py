@@ -9,9 +9,10 @@ import sys
 from PIL import Image
 
 from ..errors import DetailSRError
-from . import models, upscale
+from . import bench, flops, models, upscale
+from . import eval as eval_command
 
-COMMANDS = (upscale, models)
+COMMANDS = (upscale, eval_command, flops, bench, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

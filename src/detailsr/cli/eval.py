@@ -1,0 +1,98 @@
+"""`detailsr eval`: PSNR / SSIM on benchmark folders under the papers' protocol."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..evaluation import PROTOCOLS, DatasetResult, evaluate_folder, hr_files
+from ..imageio import write_bytes_atomic
+from ..inference import BLENDS
+from .options import add_model_options, load_from_args, positive_int, ratio_value, show_progress
+
+
+def add_parser(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "eval", parents=[common], help="evaluate on benchmark datasets",
+        description="PSNR/SSIM of a model on dataset folders (each with HR/ and optionally LR_bicubic/X<s>/). "
+        "Protocols: y = Y channel (BT.601), border crop = scale (lightweight SR); rgb = RGB, no crop "
+        "(large-image SR); ws = WS-PSNR/WS-SSIM for 360° ERP images (RGB, no crop).",
+    )
+    add_model_options(p)
+    p.add_argument("-d", "--datasets", nargs="+", required=True, metavar="DIR")
+    p.add_argument("-s", "--scale", type=positive_int, required=True)
+    p.add_argument("--ratio", type=ratio_value, help="share of windows given attention (content-aware models)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="y")
+    p.add_argument("--tile", type=positive_int, help="LR tile side (the large-image protocol uses 64)")
+    p.add_argument("--tile-overlap", type=int, default=16, metavar="N")
+    p.add_argument("--blend", choices=BLENDS, default="feather",
+                   help="tile overlaps: feathered (default) or plain averaging as the official large-image test")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write all per-image results as JSON")
+    p.add_argument("--save-images", type=Path, metavar="DIR", help="also write the SR images")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    folders = [Path(d) for d in args.datasets]
+    for folder in folders:
+        hr_files(folder)  # fail on a bad folder before loading the model
+    net = load_from_args(args)
+    results = [_evaluate(net, folder, args) for folder in folders]
+    print(format_table(results, args.protocol))
+    if args.json:
+        report = to_json(args.model, net.scale, args.ratio, args.protocol, results)
+        write_bytes_atomic(args.json, (json.dumps(report, indent=2) + "\n").encode())
+    return 0
+
+
+def _evaluate(net, folder: Path, args) -> DatasetResult:
+    bar = None
+    if show_progress(args):
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(hr_files(folder)), desc=folder.name, unit="image", leave=False)
+    try:
+        return evaluate_folder(
+            net, folder, args.scale, ratio=args.ratio, protocol=args.protocol, tile=args.tile,
+            tile_overlap=args.tile_overlap, blend=args.blend, save_dir=args.save_images,
+            on_image=(lambda _: bar.update()) if bar else None,
+        )
+    finally:
+        if bar:
+            bar.close()
+
+
+def format_table(results: list[DatasetResult], protocol: str) -> str:
+    what = {"y": "Y, crop = scale", "rgb": "RGB, no crop", "ws": "WS on RGB, no crop"}[protocol]
+    header = f"{'dataset':<12} {'images':>6} {'PSNR':>8} {'SSIM':>7} {'GFLOPs/img':>11} {'s/img':>7}"
+    lines = [f"PSNR (dB) / SSIM on {what}; GFLOPs executed (2 x MACs), whole-image path", header]
+    for r in results:
+        lines.append(
+            f"{r.name:<12} {len(r.images):>6} {r.mean('psnr'):>8.2f} {r.mean('ssim'):>7.4f} "
+            f"{r.mean('gflops'):>11.2f} {r.mean('seconds'):>7.2f}"
+        )
+        if protocol == "ws":
+            ws = {k: sum(i.extra[k] for i in r.images.values()) / len(r.images) for k in ("ws_psnr", "ws_ssim")}
+            lines.append(f"{'':<12} {'':>6} WS-PSNR {ws['ws_psnr']:.2f}  WS-SSIM {ws['ws_ssim']:.4f}")
+    return "\n".join(lines)
+
+
+def to_json(model: str | None, scale: int, ratio, protocol: str, results: list[DatasetResult]) -> dict:
+    return {
+        "model": model,
+        "scale": scale,
+        "ratio": ratio,
+        "protocol": protocol,
+        "datasets": {
+            r.name: {
+                "psnr": r.mean("psnr"),
+                "ssim": r.mean("ssim"),
+                "images": {
+                    name: {"psnr": i.psnr, "ssim": i.ssim, "gflops": i.gflops, **i.extra}
+                    for name, i in r.images.items()
+                },
+            }
+            for r in results
+        },
+    }

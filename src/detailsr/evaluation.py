@@ -1,0 +1,138 @@
+"""Benchmark evaluation: the papers' protocol on a dataset folder, image by image.
+
+A dataset folder holds `HR/` and optionally `LR_bicubic/X{s}/{name}x{s}.png`. HR images are
+mod-cropped to the scale; LR files are used where shipped, else made from the mod-cropped HR with
+MATLAB-compatible bicubic. The SR image goes through the same inference path as `upscale`, is
+rounded to 8 bit, and compared on the protocol's channels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, ImageError
+from .flops import executed_macs
+from .imageio import READ_EXTENSIONS, read_image, to_tensor, write_image
+from .inference import ratio_setting, run
+from .metrics import evaluate
+from .models.base import SRNetwork
+from .resize import bicubic_downscale, mod_crop
+
+PROTOCOLS = ("y", "rgb", "ws")
+
+
+@dataclass
+class ImageResult:
+    psnr: float
+    ssim: float
+    gflops: float
+    seconds: float
+    extra: dict[str, float] = field(default_factory=dict)  # e.g. ws_psnr / ws_ssim
+
+
+@dataclass
+class DatasetResult:
+    name: str
+    images: dict[str, ImageResult]
+
+    def mean(self, key: str) -> float:
+        return float(np.mean([getattr(r, key) for r in self.images.values()]))
+
+
+def hr_files(folder: Path) -> list[Path]:
+    hr = folder / "HR"
+    if not hr.is_dir():
+        raise ImageError(f"dataset folder {folder} has no HR/ folder")
+    files = sorted(p for p in hr.iterdir() if p.suffix.lower() in READ_EXTENSIONS)
+    if not files:
+        raise ImageError(f"{hr} holds no images")
+    return files
+
+
+def load_pair(hr_path: Path, folder: Path, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(LR, mod-cropped HR) as 8-bit RGB arrays."""
+    hr = mod_crop(_rgb8(hr_path), scale)
+    lr_path = folder / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}{hr_path.suffix}"
+    if lr_path.is_file():
+        lr = _rgb8(lr_path)
+        if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
+            raise ImageError(f"{lr_path} is {lr.shape[1]}x{lr.shape[0]}, not HR/{scale} of {hr_path}")
+    else:
+        lr = bicubic_downscale(hr, scale)
+    return lr, hr
+
+
+def _rgb8(path: Path) -> np.ndarray:
+    pixels = read_image(path).pixels
+    if pixels.dtype != np.uint8:
+        raise ImageError(f"{path} is not an 8-bit image; the benchmark protocol is defined on 8 bit")
+    return pixels
+
+
+def evaluate_folder(
+    net: SRNetwork,
+    folder: Path,
+    scale: int,
+    ratio: float | None = None,
+    protocol: str = "y",
+    tile: int | None = None,
+    tile_overlap: int = 16,
+    blend: str = "feather",
+    save_dir: Path | None = None,
+    on_image: Callable[[str], None] | None = None,
+) -> DatasetResult:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if net.scale != scale:
+        raise ConfigError(f"the model upscales by {net.scale}, not {scale}")
+    results = {}
+    costs: dict[tuple, float] = {}
+    with ratio_setting(net, ratio):
+        for hr_path in hr_files(folder):
+            lr, hr = load_pair(hr_path, folder, scale)
+            x = to_tensor(lr)
+            start = time.perf_counter()
+            y = run(net, x, tile=tile, tile_overlap=tile_overlap, blend=blend)
+            seconds = time.perf_counter() - start
+            sr = _to_uint8(y)
+            scores = evaluate(sr, hr, scale, protocol)
+            gflops = _executed_gflops(net, x, tile, costs)
+            extra = {k: v for k, v in scores.items() if k not in ("psnr", "ssim")}
+            results[hr_path.name] = ImageResult(scores["psnr"], scores["ssim"], gflops, seconds, extra)
+            if save_dir is not None:
+                (save_dir / folder.name).mkdir(parents=True, exist_ok=True)
+                write_image(save_dir / folder.name / f"{hr_path.stem}.png", sr, overwrite=True)
+            if on_image is not None:
+                on_image(hr_path.name)
+    return DatasetResult(folder.name, results)
+
+
+def _executed_gflops(net: SRNetwork, x, tile: int | None, cache: dict) -> float:
+    """Executed GFLOPs of the whole-image path on `x` (tiles re-route each tile; not followed).
+
+    Counting runs the network once more; the count depends only on the input size and on how
+    many windows each mixer attended, so it is reused for inputs that agree on both.
+    """
+    key = (tuple(x.shape), routing_signature(net)) if tile is None else None
+    if key is None or key not in cache:
+        value = 2 * executed_macs(net, x) / 1e9
+        if key is None:
+            return value
+        cache[key] = value
+    return cache[key]
+
+
+def routing_signature(net: SRNetwork) -> tuple:
+    """How many windows each content-aware mixer attended in the last forward."""
+    return tuple(m.routing.keep.shape[1] for m in net.modules() if getattr(m, "routing", None) is not None)
+
+
+def _to_uint8(y) -> np.ndarray:
+    from .imageio import from_tensor
+
+    return from_tensor(y, np.uint8)
