@@ -29,10 +29,11 @@ def test_tile_origins_cover_the_axis_with_the_overlap():
 
 
 @pytest.mark.slow
-def test_tiled_output_matches_whole_image_without_seams(net):
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_tiled_output_matches_whole_image_without_seams(net, ratio):
     lr = real_crop(96, 128)
-    whole = detailsr.upscale(lr, net, ratio=1.0)
-    tiled = detailsr.upscale(lr, net, ratio=1.0, tile=48, tile_overlap=16)
+    whole = detailsr.upscale(lr, net, ratio=ratio)
+    tiled = detailsr.upscale(lr, net, ratio=ratio, tile=48, tile_overlap=16)
     diff = np.abs(whole.astype(np.float64) - tiled.astype(np.float64)).mean(axis=2)
     assert diff.mean() <= 0.5
     # seams: compare the difference on the tile borders with the difference everywhere else
