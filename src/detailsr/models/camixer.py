@@ -23,7 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LayerNorm2d, attention, flow_warp, window_partition, window_unpartition
+from .layers import (
+    LayerNorm2d,
+    attention,
+    flow_warp,
+    gather_windows,
+    scatter_windows_,
+    window_partition,
+    window_unpartition,
+)
 
 WINDOW = 16
 
@@ -189,14 +197,12 @@ class CAMixer(nn.Module):
             # Every window attends: no gather needed, and no `v * sa` branch at all.
             out = self._attend(window_partition(x, ws), window_partition(k_in, ws), window_partition(v, ws))
             return window_unpartition(out, ws, h, w)
-        out = window_partition(v * sa, ws)
+        out = v * sa
         if n_keep == 0:
-            return window_unpartition(out, ws, h, w)
-        index = keep[:, :, None, None].expand(b, n_keep, ws * ws, c)
-        pick = lambda t: torch.gather(window_partition(t, ws), 1, index)  # noqa: E731
-        attended = self._attend(pick(x), pick(k_in), torch.gather(window_partition(v, ws), 1, index))
-        out.scatter_(1, index, attended)
-        return window_unpartition(out, ws, h, w)
+            return out
+        # Copy only the selected windows out of the feature maps, and the results back in.
+        attended = self._attend(*(gather_windows(t, keep, ws) for t in (x, k_in, v)))
+        return scatter_windows_(out, keep, attended, ws)
 
     def _mix_dense(self, x, k_in, v, sa, mask):
         """The training form: every window attends, masked by `mask` (B, N, 1) in {0, 1}."""

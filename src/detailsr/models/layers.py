@@ -81,13 +81,72 @@ class Upsampler(nn.Sequential):
 ATTENTION_BACKENDS = ("naive", "sdpa")
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: str = "sdpa"):
-    """softmax(q k^T * scale) v over the last two dims.
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: str = "sdpa",
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """softmax(q k^T * scale [+ bias]) v over the last two dims; `bias` broadcasts against the scores.
 
-    `naive` spells the softmax out and is the oracle; `sdpa` is torch's fused kernel.
+    `naive` spells the softmax out and is the oracle; `sdpa` is torch's fused kernel (the bias
+    goes in as a float attention mask).
     """
     if backend == "naive":
-        return torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1) @ v
+        scores = (q @ k.transpose(-2, -1)) * scale
+        return torch.softmax(scores if bias is None else scores + bias, dim=-1) @ v
     if backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        mask = None if bias is None else bias.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     raise ValueError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
+
+
+def _mirror_index(n: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+    """Source indices of a mirror (reflect, edge not repeated) extension of an axis of length n."""
+    pos = torch.arange(-before, n + after, device=device)
+    if n == 1:
+        return torch.zeros_like(pos)
+    period = 2 * (n - 1)
+    pos = pos.remainder(period)
+    return torch.where(pos < n, pos, period - pos)
+
+
+def reflect_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
+    """`F.pad(x, (left, right, top, bottom), mode="reflect")` for pads of any length.
+
+    Where PyTorch's reflect padding is defined (every pad shorter than its side) this is that call,
+    bit for bit. Longer pads, which PyTorch refuses, continue the mirror periodically (period
+    2 * (side - 1): reflect, reflect back, ...); a side of length 1 repeats its pixel.
+    """
+    h, w = x.shape[-2:]
+    if left == right == top == bottom == 0:
+        return x
+    if max(left, right) < w and max(top, bottom) < h:
+        return F.pad(x, (left, right, top, bottom), mode="reflect")
+    x = x.index_select(-1, _mirror_index(w, left, right, x.device))
+    return x.index_select(-2, _mirror_index(h, top, bottom, x.device))
+
+
+def _window_view(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, C, H, W) -> a (B, H/ws, W/ws, ws, ws, C) view of the same storage (no copy)."""
+    b, c, h, w = x.shape
+    return x.view(b, c, h // ws, ws, w // ws, ws).permute(0, 2, 4, 3, 5, 1)
+
+
+def _window_index(x: torch.Tensor, keep: torch.Tensor, ws: int):
+    cols = x.shape[-1] // ws
+    batch = torch.arange(keep.shape[0], device=keep.device)[:, None]
+    return batch, keep // cols, keep % cols
+
+
+def gather_windows(x: torch.Tensor, keep: torch.Tensor, ws: int) -> torch.Tensor:
+    """The windows `keep` (B, K) of x (B, C, H, W) as (B, K, ws*ws, C), copying only those windows.
+
+    Same layout as `window_partition(x, ws)` followed by a gather of rows `keep`."""
+    b, c = x.shape[:2]
+    return _window_view(x, ws)[_window_index(x, keep, ws)].reshape(b, keep.shape[1], ws * ws, c)
+
+
+def scatter_windows_(x: torch.Tensor, keep: torch.Tensor, windows: torch.Tensor, ws: int) -> torch.Tensor:
+    """Write `windows` (B, K, ws*ws, C) into the windows `keep` of x (B, C, H, W), in place."""
+    b, c = x.shape[:2]
+    _window_view(x, ws)[_window_index(x, keep, ws)] = windows.reshape(b, keep.shape[1], ws, ws, c)
+    return x

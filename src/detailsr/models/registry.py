@@ -14,10 +14,10 @@ import torch
 
 from ..checkpoint import read_state_dict
 from ..errors import CheckpointError, ConfigError
-from . import camixersr, zoo
+from . import atd, camixersr, esc, zoo
 from .base import SRNetwork
 
-FAMILIES = (camixersr,)
+FAMILIES = (camixersr, atd, esc)
 
 # Settings that are not hyper-parameters of the weights: applied after building.
 RUNTIME_OPTIONS = ("ratio", "stochastic", "attn_type")

@@ -48,6 +48,39 @@ def _camixer(name, path, scale, params, metrics, sha256=None, notes="", arch="ca
     )
 
 
+_ATD_FOLDER = "https://drive.google.com/drive/folders/1D3BvTS1xBcaU1mp50k3pBzUWb7qjRvmB"
+_ATD_SOURCE = "LabShuHangGU/Adaptive-Token-Dictionary (official, CVPR 2024 release, Google Drive)"
+_ATD_Y = "PSNR/SSIM-Y Set5/Set14/B100/Urban100/Manga109"
+
+
+def _atd(name, file, arch, scale, params, metrics, drive_id=None, notes=""):
+    """An official ATD / ATD-light file: a Drive file where its id is known, else the release folder."""
+    url = f"https://drive.google.com/uc?export=download&id={drive_id}" if drive_id else _ATD_FOLDER
+    if not drive_id:
+        notes += "; no Drive file id known: download it by hand from the release folder"
+    return ZooEntry(
+        name=name, file="atd/" + file, url=url, arch=arch, scale=scale, params=params, licence="Apache-2.0",
+        source=_ATD_SOURCE, metrics={_ATD_Y: metrics}, notes=notes,
+    )
+
+
+_ESC_RELEASE = "https://github.com/dslisleedh/ESC/releases/download/1.0.0/"
+_ESC_SOURCE = "dslisleedh/ESC (official, GitHub release 1.0.0)"
+_ESC_Y = "PSNR/SSIM-Y Set5/Set14/B100/Urban100/Manga109"
+_ESC_COST = "latency ms / memory MB / FLOPs G (1280x720 output, the paper's GPU)"
+
+
+def _esc(name, file, arch, scale, params, metrics=None, cost=None, sha256=None, notes=""):
+    """An official ESC-family release file (spec arch-esc.md; metrics from its section 11)."""
+    reported = {_ESC_Y: metrics} if isinstance(metrics, str) else dict(metrics or {})
+    if cost:
+        reported[_ESC_COST] = cost
+    return ZooEntry(
+        name=name, file="esc/" + file, url=_ESC_RELEASE + file, arch=arch, scale=scale, params=params,
+        licence="MIT", source=_ESC_SOURCE, sha256=sha256, metrics=reported, notes=notes,
+    )
+
+
 _LARGE = "PSNR-RGB F2K/Test2K/Test4K/Test8K (64x64 tiles, overlap 4)"
 ENTRIES: tuple[ZooEntry, ...] = (
     _camixer(
@@ -100,6 +133,80 @@ ENTRIES: tuple[ZooEntry, ...] = (
          "SUN360 PSNR/SSIM/WS-PSNR/WS-SSIM": "27.48/0.7736/27.36/0.7916"},
         arch="camixerosr", notes="360° (ERP) SR, fisheye degradation",
     ),
+    _atd("atd-light-x2", "101_ATD_light_SRx2_scratch.pth", "atd_light", 2, 753_204,
+         "38.29/0.9616, 34.10/0.9217, 32.39/0.9023, 33.27/0.9375, 39.52/0.9789",
+         drive_id="1ZxK7gMJXgeyHgeOaKbzpXtoElDmRWKkU", notes="ATD-light, DIV2K, trained from scratch"),
+    _atd("atd-light-x3", "102_ATD_light_SRx3_finetune.pth", "atd_light", 3, 759_699,
+         "34.74/0.9300, 30.68/0.8485, 29.32/0.8109, 29.17/0.8709, 34.60/0.9506",
+         drive_id="1mPcWMyDO9lOUD6DrrmNxFR67sGqnOJxp", notes="ATD-light, DIV2K, fine-tuned from x2"),
+    _atd("atd-light-x4", "103_ATD_light_SRx4_finetune.pth", "atd_light", 4, 768_792,
+         "32.63/0.8998, 28.89/0.7886, 27.79/0.7440, 26.97/0.8107, 31.48/0.9198",
+         drive_id="1CxzxLWMIHDHip2nDF6A2sLBTkpypI8GU", notes="ATD-light, DIV2K, fine-tuned from x2"),
+    _atd("atd-x2", "001_ATD_SRx2_finetune.pth", "atd", 2, 20_113_217,
+         "38.61/0.9629, 34.92/0.9275, 32.64/0.9054, 34.73/0.9476, 40.35/0.9810",
+         notes="ATD, DF2K, fine-tuned at 96x96 patches"),
+    _atd("atd-x3", "002_ATD_SRx3_finetune.pth", "atd", 3, 20_297_857,
+         "35.15/0.9331, 31.15/0.8556, 29.58/0.8175, 30.52/0.8924, 35.64/0.9558",
+         notes="ATD, DF2K, fine-tuned from x2"),
+    _atd("atd-x4", "003_ATD_SRx4_finetune.pth", "atd", 4, 20_260_929,
+         "33.14/0.9061, 29.25/0.7976, 28.02/0.7524, 28.22/0.8414, 32.65/0.9308",
+         drive_id="1J9kR9OyrOxtJ5Ygbr_W116BLBwnD4VNL", notes="ATD, DF2K, fine-tuned from x2"),
+    _esc("esc-x2", "ESC_DIV2K_X2.pth", "esc", 2, 946_728,
+         "38.35/0.9619, 34.11/0.9223, 32.41/0.9027, 33.46/0.9395, 39.54/0.9790", "120.9/831/592.0",
+         notes="ESC, DIV2K"),
+    _esc("esc-x3", "ESC_DIV2K_X3.pth", "esc", 3, 955_383,
+         "34.84/0.9308, 30.74/0.8493, 29.34/0.8118, 29.28/0.8739, 34.66/0.9512", "41.4/385/267.6",
+         notes="ESC, DIV2K, initialised from x2"),
+    _esc("esc-x4", "ESC_DIV2K_X4.pth", "esc", 4, 967_500,
+         "32.68/0.9011, 28.93/0.7902, 27.80/0.7447, 27.07/0.8144, 31.54/0.9207", "21.9/215/149.2",
+         notes="ESC, DIV2K, initialised from x2"),
+    _esc("esc-light-x2", "ESC_light_X2.pth", "esc", 2, 603_600,
+         "38.24/0.9615, 33.98/0.9211, 32.35/0.9020, 33.05/0.9363, 39.33/0.9786", "73.2/830/359.4",
+         notes="ESC-light (ESC-lt in the paper), DIV2K"),
+    _esc("esc-light-x3", "ESC_light_X3.pth", "esc", 3, 612_255,
+         "34.61/0.9295, 30.52/0.8475, 29.26/0.8102, 28.93/0.8679, 34.33/0.9495", "25.2/384/162.8",
+         notes="ESC-light (ESC-lt in the paper), DIV2K, initialised from x2"),
+    _esc("esc-light-x4", "ESC_light_X4.pth", "esc", 4, 624_372,
+         "32.52/0.8995, 28.87/0.7878, 27.72/0.7423, 26.76/0.8058, 31.26/0.9173", "13.3/213/91.0",
+         notes="ESC-light (ESC-lt in the paper), DIV2K, initialised from x2"),
+    _esc("esc-fp-x2", "ESC_FP_X2.pth", "esc_fp", 2, 523_675,
+         "38.27/0.9617, 34.09/0.9219, 32.37/0.9022, 33.22/0.9375, 39.40/0.9784", "94.3/627/239.8",
+         notes="ESC-FP, DIV2K"),
+    _esc("esc-fp-x3", "ESC_FP_X3.pth", "esc_fp", 3, 530_170,
+         "34.72/0.9300, 30.67/0.8483, 29.30/0.8107, 29.12/0.8706, 34.56/0.8706", "34.8/291/110.0",
+         notes="ESC-FP, DIV2K, initialised from x2; the Manga109 SSIM 0.8706 is as printed in the paper"),
+    _esc("esc-fp-x4", "ESC_FP_X4.pth", "esc_fp", 4, 539_263,
+         "32.56/0.8897, 28.87/0.7889, 27.75/0.7435, 26.90/0.8098, 31.40/0.9192", "21.7/158/60.8",
+         notes="ESC-FP, DIV2K, initialised from x2; the Set5 SSIM 0.8897 is as printed in the paper"),
+    _esc("esc-dflip-x2", "ESC_DFLIP_X2.pth", "esc", 2, 946_728,
+         "38.34/0.9618, 34.42/0.9235, 32.50/0.9036, 33.86/0.9424, 39.73/0.9795", "120.9/831/592.0",
+         notes="ESC trained on DFLIP (DIV2K + Flickr2K + LSDIR + DiverSeg-IP)"),
+    _esc("esc-dflip-x3", "ESC_DFLIP_X3.pth", "esc", 3, 955_383,
+         "34.85/0.9312, 30.97/0.8511, 29.41/0.8135, 29.70/0.8799, 34.94/0.9525", "41.4/385/267.6",
+         notes="ESC trained on DFLIP (DIV2K + Flickr2K + LSDIR + DiverSeg-IP)"),
+    _esc("esc-dflip-x4", "ESC_DFLIP_X4.pth", "esc", 4, 967_500,
+         "32.79/0.9025, 29.06/0.7927, 27.85/0.7466, 27.45/0.8229, 31.87/0.9239", "21.9/215/149.2",
+         notes="ESC trained on DFLIP (DIV2K + Flickr2K + LSDIR + DiverSeg-IP)"),
+    _esc("esc-xl-x2-pt", "ESC_XL_DF2K_X2_PT.pth", "esc", 2, 12_455_916,
+         notes="ESC-XL, DF2K, x2 pre-training stage (the test configs use the _FT files); no reported metrics"),
+    _esc("esc-xl-x2", "ESC_XL_DF2K_X2_FT.pth", "esc", 2, 12_455_916,
+         notes="ESC-XL, DF2K, fine-tuned; no metrics in the material read"),
+    _esc("esc-xl-x3", "ESC_XL_DF2K_X3_FT.pth", "esc", 3, 12_481_851,
+         notes="ESC-XL, DF2K, fine-tuned; no metrics in the material read"),
+    _esc("esc-xl-x4", "ESC_XL_DF2K_X4_FT.pth", "esc", 4, 12_518_160,
+         notes="ESC-XL, DF2K, fine-tuned; no metrics in the material read"),
+    _esc("esc-real-x4-mse", "ESC_Real_X4_MSE.pth", "esc_real", 4, 2_265_307,
+         sha256="ba22ae75b5f77382b1046e68634f58a53fc7ff5ffa46714133bfba30811ad943",
+         notes="ESC-Real, real-world x4, L1/MSE stage; sha256 as reported by a third party (not verified)"),
+    _esc("esc-real-x4-gan", "ESC_Real_X4_GAN.pth", "esc_real", 4, 2_265_307,
+         {"RealLQ250 NIQE/MANIQA/MUSIQ/CLIPIQA": "4.0556/0.3553/62.98/0.5796",
+          "RealSRSet NIQE/MANIQA/MUSIQ/CLIPIQA": "5.0181/0.3952/64.58/0.6156",
+          "RealSR PSNR/SSIM/LPIPS/DISTS/FID": "24.52/0.7503/0.2622/0.1671/66.81",
+          "DRealSR PSNR/SSIM/LPIPS/DISTS/FID": "26.76/0.79534/0.2795/0.1503/21.35",
+          "HD output latency ms / memory MB (README, RTX 4090)": "59.9/715.9"},
+         sha256="d6932bd01e29c9335f5f678b0e9b31ede906a42244887ab8888b1d39a8667f2d",
+         notes="ESC-Real, real-world x4, GAN stage (from the MSE weights); sha256 as reported by a third party "
+               "(not verified)"),
 )
 
 # The model `detailsr upscale` uses when none is named.
