@@ -67,3 +67,12 @@ def test_hash_mismatch_is_an_error(cache):
     target.write_bytes(b"something else")
     with pytest.raises(CheckpointError, match="does not match the published sha256"):
         detailsr.load_model("camixersr-s-x4")
+
+
+def test_every_entry_builds_its_architecture_untrained():
+    from detailsr.models.registry import build_untrained
+
+    for entry in zoo.ENTRIES:
+        net = build_untrained(entry.name)
+        assert (net.arch, net.scale) == (entry.arch, entry.scale), entry.name
+        assert sum(p.numel() for p in net.parameters()) == entry.params, entry.name

@@ -29,17 +29,19 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--attn", help="attention kernel for every model")
+    p.add_argument("--untrained", action="store_true",
+                   help="random weights of each zoo model's architecture (cost only, no checkpoint needed)")
     p.add_argument("--json", type=Path, metavar="FILE")
     p.set_defaults(run=run)
 
 
 def build_cases(args: argparse.Namespace) -> list[Case]:
-    from ..models.registry import load_model
+    from ..models.registry import build_untrained, load_model
 
     cases = []
     for name in args.models:
         options = {"attn_type": args.attn} if args.attn else {}
-        net = load_model(name, **options).to(torch.device(args.device))
+        net = (build_untrained if args.untrained else load_model)(name, **options).to(torch.device(args.device))
         ratios = args.ratio if (args.ratio and net.content_aware) else [None]
         for ratio in ratios:
             label = name if ratio is None else f"{name} @ {ratio:g}"
@@ -57,13 +59,15 @@ def run(args: argparse.Namespace) -> int:
     out_pixels = w * h * cases[0].net.scale ** 2
     rows = [c.summary(w * h * c.net.scale ** 2) for c in cases]
     base = rows[0]["median_s"]
-    print(f"LR {w}x{h}, {torch.get_num_threads()} threads, {args.runs} runs after {args.warmup} warm-up")
+    weights = ", untrained weights" if args.untrained else ""
+    print(f"LR {w}x{h}, {torch.get_num_threads()} threads, {args.runs} runs after {args.warmup} warm-up{weights}")
     print(f"{'case':<40} {'median s':>9} {'min s':>7} {'max s':>7} {'MP/s':>7} {'peak MiB':>9} {'vs first':>9}")
     for r in rows:
         print(f"{r['label']:<40} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} "
               f"{r['output_mpix_per_s']:>7.3f} {r['peak_memory_mib']:>9.1f} {r['median_s'] / base:>8.2f}x")
     if args.json:
         report = {"size": [w, h], "threads": torch.get_num_threads(), "device": args.device,
+                  "untrained": args.untrained,
                   "output_pixels": out_pixels, "cases": rows}
         write_bytes_atomic(args.json, (json.dumps(report, indent=2) + "\n").encode())
     return 0

@@ -34,6 +34,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=size_value, help="LR input WxH (default: the LR of a 1280x720 output)")
     p.add_argument("--image", help="count on this image (its content sets the routing)")
     p.add_argument("--ratio", type=ratio_value, help="share of windows given attention (content-aware models)")
+    p.add_argument("--untrained", action="store_true",
+                   help="random weights of the zoo model's architecture (no checkpoint needed)")
     p.set_defaults(run=run)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models.layers import ATTENTION_BACKENDS
-from ..models.registry import load_model
+from ..models.registry import build_untrained, load_model
 
 
 def positive_int(text: str) -> int:
@@ -49,7 +49,12 @@ def load_from_args(args: argparse.Namespace, default: str | None = None):
         options["attn_type"] = args.attn
     if args.stochastic:
         options["stochastic"] = True
-    net = load_model(args.model or default, **options)
+    if getattr(args, "untrained", False):
+        if not args.model:
+            raise ConfigError("--untrained needs -m with a zoo model name")
+        net = build_untrained(args.model, **options)
+    else:
+        net = load_model(args.model or default, **options)
     try:
         device = torch.device(args.device)
         return net.to(device)

@@ -61,6 +61,21 @@ def load_model(source: str | Path | Mapping | None = None, **overrides: Any) -> 
     return net
 
 
+def build_untrained(name: str, **runtime: Any) -> SRNetwork:
+    """The architecture of zoo model `name` with random weights, in eval mode.
+
+    For measuring cost (FLOPs, latency, memory) without the checkpoint; never for images.
+    """
+    entry = zoo.get(name)
+    if entry is None:
+        raise CheckpointError(f"{name} is not a zoo model (see `detailsr models`)")
+    torch.manual_seed(0)
+    net = _build(entry.arch, dict(entry.config), name)
+    net.eval()
+    _apply_runtime(net, runtime)
+    return net
+
+
 def _resolve(source) -> tuple[str, dict[str, torch.Tensor]]:
     if source is None:
         source = zoo.DEFAULT_MODEL

@@ -39,12 +39,23 @@ class ZooEntry:
     ratio: float | None = None  # the ratio the authors evaluate with (content-aware models)
     metrics: dict[str, str] = field(default_factory=dict)  # as reported by the authors, not re-measured
     notes: str = ""
+    config: dict = field(default_factory=dict)  # hyper-parameters: builds the architecture without the file
+
+
+_CAMIXER_WIDTH = {351_238: 36, 534_558: 48}  # S and M; every other CAMixerSR file has 60 channels
 
 
 def _camixer(name, path, scale, params, metrics, sha256=None, notes="", arch="camixersr"):
+    n_feats = _CAMIXER_WIDTH.get(params, 60)
+    config = {"n_feats": n_feats, "n_block": [4, 4, 6, 6], "scale": scale}
+    if arch == "camixerosr":
+        config["n_block"] = [6, 6, 6, 6]
+    if arch == "classsr_camixersr":
+        config["n_feats"] = [60, 60, 60]
     return ZooEntry(
         name=name, file="camixersr/" + path, url=_CAMIXER_RAW + path, arch=arch, scale=scale, params=params,
         licence="Apache-2.0", source=_CAMIXER_SOURCE, sha256=sha256, ratio=0.5, metrics=metrics, notes=notes,
+        config=config,
     )
 
 
@@ -60,7 +71,7 @@ def _atd(name, file, arch, scale, params, metrics, drive_id=None, notes=""):
         notes += "; no Drive file id known: download it by hand from the release folder"
     return ZooEntry(
         name=name, file="atd/" + file, url=url, arch=arch, scale=scale, params=params, licence="Apache-2.0",
-        source=_ATD_SOURCE, metrics={_ATD_Y: metrics}, notes=notes,
+        source=_ATD_SOURCE, metrics={_ATD_Y: metrics}, notes=notes, config={"scale": scale},
     )
 
 
@@ -78,7 +89,17 @@ def _esc(name, file, arch, scale, params, metrics=None, cost=None, sha256=None, 
     return ZooEntry(
         name=name, file="esc/" + file, url=_ESC_RELEASE + file, arch=arch, scale=scale, params=params,
         licence="MIT", source=_ESC_SOURCE, sha256=sha256, metrics=reported, notes=notes,
+        config={**_esc_variant(name, arch), "scale": scale},
     )
+
+
+def _esc_variant(name: str, arch: str) -> dict:
+    from .esc import VARIANTS
+
+    for variant in ("esc-light", "esc-xl", "esc-fp", "esc-real"):
+        if name.startswith(variant):
+            return VARIANTS[variant][1]
+    return VARIANTS["esc"][1]
 
 
 _LARGE = "PSNR-RGB F2K/Test2K/Test4K/Test8K (64x64 tiles, overlap 4)"
@@ -247,6 +268,11 @@ def _download(entry: ZooEntry, path: Path) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=60) as response:
+                first = response.read(1 << 20)
+                if first.lstrip()[:1] == b"<":
+                    # e.g. Google Drive answers large files with a confirmation page, not the file
+                    raise ModelNotFoundError(_missing_message(entry, path, "the server sent a web page"))
+                out.write(first)
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
             os.replace(tmp, path)
