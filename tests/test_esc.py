@@ -567,7 +567,8 @@ def test_training_form_is_used_in_training_and_outputs_match_the_cached_form():
         y_eval = net(x)
     net.train()
     y_train = net(x)
-    assert torch.equal(y_train.detach(), y_eval)
+    # same maths; only the attention kernel differs (CPU flash without autograd, math with it)
+    assert torch.allclose(y_train.detach(), y_eval, atol=1e-6)
     y_train.square().mean().backward()
     assert net.plk_filter.grad is not None and net.plk_filter.grad.abs().sum() > 0
     assert net.blocks[0].attn.relative_position_bias.grad.abs().sum() > 0

@@ -207,8 +207,8 @@ class WindowAttention(nn.Module):
         n = q.shape[0]
         tokens = q.shape[2]
         # Windows are independent: chunks bound the memory of paths that materialise the scores
-        # (naive; sdpa with a float mask and eager flex on CPU) and change no output.
-        fused = q.device.type != "cpu" and self.attn_type in ("sdpa", "flex")
+        # (naive and eager flex on CPU) and change no output; sdpa runs a flash kernel.
+        fused = self.attn_type == "sdpa" or (q.device.type != "cpu" and self.attn_type == "flex")
         chunk = n if fused else max(1, _SCORE_BUDGET // (self.num_heads * tokens * tokens))
         if self.attn_type == "flex":
             score_mod = self._score_mod()
