@@ -198,3 +198,8 @@ def test_training_path_returns_image_and_ratio_loss():
     (y.mean() + loss).backward()
     assert net.head.weight.grad is not None
     assert net.body[0].body[0].mixer.route.out_mask[0].weight.grad is not None  # the straight-through path
+
+
+def test_an_attention_backend_the_model_lacks_is_refused_at_load():
+    with pytest.raises(ConfigError, match="offers the attention backends naive, sdpa, not 'flex'"):
+        detailsr.load_model(shared_file("weights/CAMixerSR_S.pth"), attn_type="flex")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import torch
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['label']:<40} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} "
               f"{r['output_mpix_per_s']:>7.3f} {r['peak_memory_mib']:>9.1f} {r['median_s'] / base:>8.2f}x")
     if args.json:
-        report = {"size": [w, h], "threads": torch.get_num_threads(), "device": args.device,
+        report = {"command": "detailsr " + shlex.join(sys.argv[1:]),
+                  "size": [w, h], "threads": torch.get_num_threads(), "device": args.device,
                   "untrained": args.untrained,
                   "output_pixels": out_pixels, "cases": rows}
         write_bytes_atomic(args.json, (json.dumps(report, indent=2) + "\n").encode())

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .layers import ATTENTION_BACKENDS
 
 
 class SRNetwork(nn.Module):
@@ -56,7 +57,13 @@ class SRNetwork(nn.Module):
         return None
 
     def set_attention(self, backend: str) -> None:
-        """Select the attention kernel of every attention site ("naive", "sdpa", ...)."""
+        """Select the attention kernel of every attention site ("naive", "sdpa", "flex" where offered)."""
+        name = backend.lower()
         for m in self.modules():
             if hasattr(m, "attn_type"):
-                m.attn_type = backend
+                allowed = getattr(m, "attn_backends", ATTENTION_BACKENDS)
+                if name not in allowed:
+                    raise ConfigError(
+                        f"{self.arch} offers the attention backends {', '.join(allowed)}, not {backend!r}"
+                    )
+                m.attn_type = name

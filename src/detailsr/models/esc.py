@@ -162,6 +162,8 @@ class WindowAttention(nn.Module):
     periodically (`layers.reflect_pad`), so any size runs; elsewhere it is PyTorch's reflect.
     """
 
+    attn_backends = ATTENTION_TYPES
+
     def __init__(self, dim: int, window_size: int, num_heads: int, attn_type: str = "sdpa") -> None:
         super().__init__()
         if dim % num_heads:
