@@ -146,7 +146,10 @@ def gather_windows(x: torch.Tensor, keep: torch.Tensor, ws: int) -> torch.Tensor
 
     Same layout as `window_partition(x, ws)` followed by a gather of rows `keep`."""
     b, c = x.shape[:2]
-    return _window_view(x, ws)[_window_index(x, keep, ws)].reshape(b, keep.shape[1], ws * ws, c)
+    windows = _window_view(x, ws)[_window_index(x, keep, ws)].reshape(b, keep.shape[1], ws * ws, c)
+    # Indexing keeps NCHW's channel stride; channels innermost is what matmuls and the CPU flash
+    # attention kernel need (the latter falls back to a 5x slower path otherwise).
+    return windows.contiguous()
 
 
 def scatter_windows_(x: torch.Tensor, keep: torch.Tensor, windows: torch.Tensor, ws: int) -> torch.Tensor:
