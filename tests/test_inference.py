@@ -122,3 +122,13 @@ def test_odi_network_gets_the_latitude_of_the_whole_panorama():
     with torch.no_grad():
         corner = net(x[:, :, 16:32, 48:64], latitude_condition(32, 64)[:, :, 16:32, 48:64]).clamp(0, 1)
     assert torch.allclose(tiled[:, :, 32:64, 96:128], corner, atol=1e-6)
+
+
+def test_tiling_a_whole_image_model_warns(caplog):
+    from detailsr.models.registry import build_untrained
+
+    net = build_untrained("esc-light-x2")
+    with caplog.at_level("WARNING", logger="detailsr.inference"):
+        out = run(net, torch.rand(1, 3, 20, 24), tile=12, tile_overlap=4)
+    assert out.shape == (1, 3, 40, 48)
+    assert "looks at the whole image" in caplog.text

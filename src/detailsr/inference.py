@@ -7,6 +7,7 @@ inputs the network cannot take (smaller than its minimum, or not a multiple it n
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from .models.base import SRNetwork
 from .models.layers import pad_to_multiple
 
 BLENDS = ("feather", "average")
+log = logging.getLogger(__name__)
 
 
 def upscale(
@@ -117,6 +119,9 @@ def run(
         if tile is None or (tile >= h and tile >= w):
             y = forward_any_size(net, x.to(device), _to(condition, device))
         else:
+            if not net.tile_safe:
+                log.warning("%s looks at the whole image (global statistics); tiles of %d px change its "
+                            "output everywhere, not only near tile borders; prefer larger tiles", net.arch, tile)
             y = _tiled(net, x, condition, tile, tile_overlap, blend, progress, device)
     return y.clamp_(0, 1).cpu()
 
