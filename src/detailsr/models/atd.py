@@ -20,9 +20,14 @@ keys per query, attention groups, MACs), which is what content-aware variants (P
 Numerics follow the official op order (spec sections 5 and 9): the category sort is the official
 unstable `torch.sort` of the (B, N) int64 category tensor, whose tie order decides the groups; the
 input is padded with the edge-repeating "symmetric" mirror. The "naive" attention backend (the
-default) spells the official computation out; "sdpa" uses PyTorch's fused kernel and agrees to float
-rounding, which can flip a near-tied category in a later layer, so "naive" is the one that
-reproduces official outputs. TDCA always runs explicitly: its probabilities are needed as such.
+default) spells the official computation out and reproduces the official CPU outputs bit for bit
+(checked against the official code, tests/data/atd_reference.safetensors); "sdpa" uses PyTorch's
+fused kernel and agrees to float rounding (~2e-6 at the output), but that rounding can flip a
+near-tied category and so regroup every later AC-MSA: measured on 64x64 inputs with random weights,
+up to 1.3e-2 (ATD-light x2) and 7e-2 (ATD x4) max abs vs naive. Hence "naive" stays the default.
+TDCA always runs explicitly: its probabilities are needed as such. Memory layouts follow the official
+code where they change the kernel (the dictionary is a real per-item copy, the FFN's depthwise conv
+gets a contiguous map); otherwise batches of more than one image round differently (~1e-6).
 """
 
 from __future__ import annotations
@@ -245,13 +250,14 @@ class TokenDictionaryAttention(nn.Module):
     Returns the mixed tokens and the softmax map P (B, N, m) that AC-MSA and the refinement use.
     """
 
-    def __init__(self, dim: int, reducted_dim: int, num_tokens: int) -> None:
+    def __init__(self, dim: int, reducted_dim: int, num_tokens: int, qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_tokens = num_tokens
         self.scale = nn.Parameter(torch.full((num_tokens,), 0.5))
-        self.wq = nn.Linear(dim, reducted_dim)
-        self.wk = nn.Linear(dim, reducted_dim)
-        self.wv = nn.Linear(dim, dim)
+        # `qkv_bias` also governs these three biases in the official code
+        self.wq = nn.Linear(dim, reducted_dim, bias=qkv_bias)
+        self.wk = nn.Linear(dim, reducted_dim, bias=qkv_bias)
+        self.wv = nn.Linear(dim, dim, bias=qkv_bias)
         self.work: MixerWork | None = None
 
     def forward(self, xn: torch.Tensor, dictionary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,11 +283,11 @@ class CategoryAttention(nn.Module):
     token order and projected.
     """
 
-    def __init__(self, dim: int, num_heads: int, category_size: int) -> None:
+    def __init__(self, dim: int, num_heads: int, category_size: int, qkv_bias: bool = True) -> None:
         super().__init__()
         self.dim, self.num_heads, self.category_size = dim, num_heads, category_size
         self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(1, 1)))
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, bias=qkv_bias)  # official: bias=qkv_bias (unlike attn_win.proj)
         self.attn_type = "naive"
         self.work: MixerWork | None = None
 
@@ -342,7 +348,10 @@ class DWConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
-        return _image_to_tokens(self.depthwise_conv(_tokens_to_image(x, x_size)))
+        # The official code makes the map contiguous (NCHW) before the conv. Without it, a batch of
+        # more than one image hands the conv a channels-last-strided view, which takes another
+        # kernel and rounds differently (~1e-6 at the output).
+        return _image_to_tokens(self.depthwise_conv(_tokens_to_image(x, x_size).contiguous()))
 
 
 class ConvFFN(nn.Module):
@@ -379,8 +388,8 @@ class ATDTransformerLayer(nn.Module):
             self.norm3 = nn.InstanceNorm1d(num_tokens, affine=True)
         self.wqkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_win = WindowAttention(dim, window_size, num_heads)
-        self.attn_atd = TokenDictionaryAttention(dim, reducted_dim, num_tokens)
-        self.attn_aca = CategoryAttention(dim, num_heads, category_size)
+        self.attn_atd = TokenDictionaryAttention(dim, reducted_dim, num_tokens, qkv_bias)
+        self.attn_aca = CategoryAttention(dim, num_heads, category_size, qkv_bias)
         self.convffn = ConvFFN(dim, _hidden(dim, mlp_ratio), convffn_kernel_size)
 
     def forward(
@@ -422,7 +431,9 @@ class ATDBasicBlock(nn.Module):
         )
 
     def forward(self, x, x_size, rpi, mask):
-        dictionary = self.td.unsqueeze(0).expand(x.shape[0], -1, -1)
+        # A real copy per batch item, as the official `td.repeat`: a stride-0 expanded view makes
+        # the dictionary's wk/wv matmuls take another kernel when B > 1 (rounding differs ~1e-7).
+        dictionary = self.td.repeat(x.shape[0], 1, 1)
         for layer in self.layers:
             x, dictionary = layer(x, dictionary, x_size, rpi, mask)
         return x
