@@ -76,8 +76,11 @@ def official_k(n: int, hard_fraction: torch.Tensor, ratio: float) -> int:
 
 
 def window_condition(h: int, w: int, ws: int, like: torch.Tensor) -> torch.Tensor:
-    """The 2-channel position code inside each window, tiled: (1, 2, H, W)."""
-    a = torch.linspace(-1, 1, ws, dtype=like.dtype, device=like.device)
+    """The 2-channel position code inside each window, tiled: (1, 2, H, W).
+
+    Computed in float32 and then cast, as the official code does (`linspace(...).type_as(x)`), so
+    that float64 runs agree with it too (a float64 linspace differs in the last float32 bits)."""
+    a = torch.linspace(-1, 1, ws, device=like.device).to(like.dtype)
     rows, cols = torch.meshgrid(a, a, indexing="ij")
     grid = torch.stack((rows, cols))[None]
     return grid.repeat(1, 1, h // ws, w // ws)

@@ -179,7 +179,9 @@ def modulated_deform_conv2d(
             out = term if out is None else out + term
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
-    return out
+    # The einsum leaves a channels-last result for batches > 1; torchvision's op returns plain NCHW,
+    # and so do we: the layout decides which conv kernels run downstream (and so their rounding).
+    return out.contiguous()
 
 
 class DCNv2Pack(nn.Module):
