@@ -9,10 +9,10 @@ import sys
 from PIL import Image
 
 from ..errors import DetailSRError
-from . import bench, flops, models, upscale
+from . import bench, flops, mask, models, upscale
 from . import eval as eval_command
 
-COMMANDS = (upscale, eval_command, flops, bench, models)
+COMMANDS = (upscale, eval_command, flops, bench, mask, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

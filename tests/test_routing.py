@@ -1,0 +1,66 @@
+"""Routing maps: which pixels took the expensive path."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli, shared_file
+
+import detailsr
+from detailsr.errors import ConfigError
+from detailsr.models.camixer import Routing
+from detailsr.models.registry import build_untrained
+from detailsr.routing import pixel_mask
+
+
+@pytest.fixture(scope="module")
+def net():
+    return detailsr.load_model(shared_file("weights/CAMixerSR_S.pth"))
+
+
+def lr_image(h=48, w=64):
+    img = cv2.imread(str(shared_file("datasets/Set5/LR_bicubic/X4/butterflyx4.png")))[:, :, ::-1]
+    return np.ascontiguousarray(img[:h, :w])
+
+
+def test_map_follows_the_ratio(net):
+    img = lr_image()  # 3 x 4 windows of 16 px, no padding
+    for ratio in (0.0, 1.0):
+        assert np.all(detailsr.routing_maps(net, img, ratio=ratio) == ratio)
+    share = detailsr.routing_maps(net, img, ratio=0.5)
+    assert share.shape == (48, 64)
+    assert share.mean() == pytest.approx(0.5)  # K = 6 of 12 windows in every block
+    # constant inside each window, and some windows attended more often than others
+    blocks = share.reshape(3, 16, 4, 16)
+    assert np.all(blocks == blocks[:, :1, :, :1])
+    assert share.max() > share.min()
+
+
+def test_padded_input_is_cropped(net):
+    share = detailsr.routing_maps(net, lr_image(37, 53), ratio=0.25)
+    assert share.shape == (37, 53)
+    assert 0 <= share.min() <= share.max() <= 1
+
+
+def test_shifted_windows_map_back_to_their_pixels():
+    keep = torch.tensor([[0]])  # window (0, 0) of a 2 x 2 grid of 4-pixel windows, shifted by 2
+    m = pixel_mask(Routing(keep, (2, 2), shift=2), 4)[0]
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[2:6, 2:6] = True
+    assert torch.equal(m, expected)
+
+
+def test_models_without_routing_are_refused():
+    with pytest.raises(ConfigError, match="routes nothing"):
+        detailsr.routing_maps(build_untrained("esc-light-x2"), lr_image(16, 16))
+
+
+def test_mask_command_writes_the_map(tmp_path):
+    src = tmp_path / "in.png"
+    cv2.imwrite(str(src), lr_image()[:, :, ::-1])
+    out = tmp_path / "map.png"
+    result = run_cli("mask", src, "-o", out, "-m", shared_file("weights/CAMixerSR_S.pth"), "--ratio", "0.5")
+    assert result.returncode == 0, result.stderr
+    gray = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert gray.shape == (48, 64) and gray.dtype == np.uint8
+    assert abs(gray.mean() / 255 - 0.5) < 0.01
