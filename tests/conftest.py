@@ -31,6 +31,17 @@ def shared():
     return shared_file
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small forwards: one thread is fastest and immune to a busy machine's oversubscription."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real `detailsr` command in a subprocess (offline: zoo downloads are refused)."""
     return subprocess.run(

@@ -30,14 +30,7 @@ from detailsr.models.atd import (
 )
 from detailsr.models.camixersr import CAMixerSR
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small forwards: one thread is fastest and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,13 +39,7 @@ def randomised(state_dict: dict) -> dict:
     return {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in state_dict.items()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is fastest and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
