@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ConfigError, ImageError
 from .flops import executed_macs
-from .imageio import READ_EXTENSIONS, read_image, to_tensor, write_image
+from .imageio import READ_EXTENSIONS, from_tensor, read_image, to_tensor, write_image
 from .inference import ratio_setting, run
 from .metrics import evaluate
 from .models.base import SRNetwork
@@ -99,7 +99,7 @@ def evaluate_folder(
             start = time.perf_counter()
             y = run(net, x, tile=tile, tile_overlap=tile_overlap, blend=blend)
             seconds = time.perf_counter() - start
-            sr = _to_uint8(y)
+            sr = from_tensor(y, np.uint8)
             scores = evaluate(sr, hr, scale, protocol)
             gflops = _executed_gflops(net, x, tile, costs)
             extra = {k: v for k, v in scores.items() if k not in ("psnr", "ssim")}
@@ -132,7 +132,3 @@ def routing_signature(net: SRNetwork) -> tuple:
     return tuple(m.routing.keep.shape[1] for m in net.modules() if getattr(m, "routing", None) is not None)
 
 
-def _to_uint8(y) -> np.ndarray:
-    from .imageio import from_tensor
-
-    return from_tensor(y, np.uint8)

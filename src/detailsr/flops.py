@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .inference import forward_any_size, ratio_setting
 from .models.base import SRNetwork
 
 aten = torch.ops.aten
@@ -43,8 +44,6 @@ def _custom_counts() -> dict:
 @torch.no_grad()
 def executed_macs(net: SRNetwork, x: torch.Tensor) -> int:
     """Multiply-accumulates performed upscaling `x` as `upscale` runs it (whole image, no tiles)."""
-    from .inference import forward_any_size
-
     with FlopCounterMode(display=False, custom_mapping=_custom_counts()) as counter:
         forward_any_size(net, x, net.condition_for(x))
     return counter.get_total_flops() // 2
@@ -104,8 +103,6 @@ class CostReport:
 
 def cost_report(net: SRNetwork, x: torch.Tensor, ratio: float | None = None) -> CostReport:
     """Parameters, nominal and executed cost of `net` on the LR input `x` (1 x 3 x H x W)."""
-    from .inference import ratio_setting
-
     h, w = x.shape[-2:]
     with ratio_setting(net, ratio):
         used = getattr(net, "ratio", None)

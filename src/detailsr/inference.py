@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .imageio import from_tensor, to_tensor
 from .models.base import SRNetwork
 from .models.layers import pad_to_multiple
 
@@ -60,8 +61,6 @@ def _upscale_tensor(x, net, ratio, tile, overlap, blend, progress):
 
 
 def _upscale_array(a, net, ratio, tile, overlap, blend, progress):
-    from .imageio import from_tensor, to_tensor
-
     if a.dtype not in (np.uint8, np.uint16):
         raise ConfigError(f"expected a uint8 or uint16 image array, got {a.dtype}")
     gray = a.ndim == 2 or a.shape[2] in (1, 2)

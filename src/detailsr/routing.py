@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .imageio import to_tensor
 from .inference import forward_any_size, ratio_setting
 from .models.base import SRNetwork
 from .models.camixer import Routing
@@ -29,8 +30,6 @@ def routing_maps(net: SRNetwork, img: Any, ratio: float | None = None) -> np.nda
     img: H x W x 3 uint8/uint16 array or a 1 x 3 x H x W float tensor in [0, 1]. The image runs
     whole, as `upscale` runs it without tiles.
     """
-    from .imageio import to_tensor
-
     x = img if isinstance(img, torch.Tensor) else to_tensor(np.asarray(img)[:, :, :3])
     mixers = [m for m in net.modules() if hasattr(m, "routing") and hasattr(m, "window_size")]
     if not mixers:

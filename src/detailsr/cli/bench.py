@@ -12,6 +12,7 @@ import torch
 
 from ..benchmark import Case, measure
 from ..imageio import write_bytes_atomic
+from ..models.registry import build_untrained, load_model
 from .flops import size_value
 from .options import positive_int, ratio_value
 
@@ -38,8 +39,6 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def build_cases(args: argparse.Namespace) -> list[Case]:
-    from ..models.registry import build_untrained, load_model
-
     cases = []
     for name in args.models:
         options = {"attn_type": args.attn} if args.attn else {}

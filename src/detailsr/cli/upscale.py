@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import ConfigError, DetailSRError, ImageError
 from ..imageio import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, WRITE_EXTENSIONS, read_image, write_image
-from ..inference import upscale
+from ..inference import upscale, upscale_alpha
 from ..models import zoo
 from .options import add_model_options, load_from_args, positive_int, ratio_value, show_progress
 
@@ -62,11 +62,7 @@ def upscale_file(src: Path, dst: Path, net, args: argparse.Namespace) -> None:
     image = read_image(src, max_pixels=args.max_pixels)
     pixels = upscale(image.pixels, net, ratio=args.ratio, tile=args.tile, tile_overlap=args.tile_overlap,
                      progress=show_progress(args))
-    alpha = None
-    if image.alpha is not None:
-        from ..inference import upscale_alpha
-
-        alpha = upscale_alpha(image.alpha, net.scale)
+    alpha = None if image.alpha is None else upscale_alpha(image.alpha, net.scale)
     write_image(dst, np.ascontiguousarray(pixels), alpha=alpha, grayscale=image.grayscale,
                 overwrite=args.overwrite)
 
