@@ -37,7 +37,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from .base import SRNetwork
-from .layers import attention, reflect_pad
+from .layers import LayerNorm2d, attention, reflect_pad
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,9 @@ _SCORE_BUDGET = 1 << 25
 # Building blocks (spec section 3).
 
 
-class LayerNorm(nn.Module):
-    """Per-pixel LayerNorm over the channels of an NCHW tensor (eps 1e-6, biased variance)."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
+class LayerNorm(LayerNorm2d):
+    """LayerNorm2d computed the ESC way: `F.layer_norm` on the channels-last permutation (same
+    parameters, eps 1e-6; only the rounding of the fused kernel differs from the literal form)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
@@ -361,7 +356,29 @@ def _inference_kernel(kernel: torch.Tensor) -> torch.Tensor:
     return symmetric
 
 
-class LargeKernelNetwork(SRNetwork):
+class ESCNetwork(SRNetwork):
+    """What every ESC-family network shares.
+
+    `pipeline_multiple` is the window size (32; 48 for ESC-XL): the official test pipeline
+    reflect-pads inputs to it, `forward_any_size` does the same. `tile_safe` is False: the dynamic
+    kernels read a global mean of the image.
+    """
+
+    tile_safe = False
+    pipeline_multiple = 32
+
+    def __init__(self, scale: int, config: dict[str, Any]) -> None:
+        _check_kernel_size(config["kernel_size"])
+        super().__init__(scale, config)
+        self.pipeline_multiple = config["window_size"]
+
+    @property
+    def variant(self) -> str:
+        """The released variant (esc, also the DFLIP weights; esc-light, esc-xl, esc-fp, esc-real) or custom."""
+        return _variant_name(self.arch, self.config)
+
+
+class LargeKernelNetwork(ESCNetwork):
     """Base of ESC and ESC-Real: the root parameter `plk_filter` shared by every ConvAttn layer.
 
     `plk_filter` holds the raw (training-form) kernel, as official checkpoints do; the layers use
@@ -491,14 +508,9 @@ class ESC(LargeKernelNetwork):
     Defaults are the released ESC's (the official constructor's `exp_ratio` default is 2, every
     config passes 1.25). `scale` is the official `upscaling_factor` (both spellings accepted).
 
-    `pipeline_multiple` is the window size (32; 48 for ESC-XL): the official test pipeline
-    reflect-pads inputs to it, `forward_any_size` does the same. `tile_safe` is False: the dynamic
-    kernels read a global mean of the image.
     """
 
     arch = "esc"
-    tile_safe = False
-    pipeline_multiple = 32
     proj_ratio = 2.0
 
     def __init__(
@@ -510,9 +522,7 @@ class ESC(LargeKernelNetwork):
         config = dict(dim=dim, pdim=pdim, kernel_size=kernel_size, n_blocks=n_blocks, conv_blocks=conv_blocks,
                       window_size=window_size, num_heads=num_heads, exp_ratio=exp_ratio, use_ln=bool(use_ln),
                       scale=scale)
-        _check_kernel_size(kernel_size)
         super().__init__(scale, config, pdim, kernel_size)
-        self.pipeline_multiple = window_size
         self.proj = nn.Conv2d(3, dim, 3, 1, 1)
         self.blocks = nn.ModuleList(
             Block(dim, conv_blocks, window_size, num_heads, exp_ratio, self.proj_ratio, use_ln,
@@ -522,11 +532,6 @@ class ESC(LargeKernelNetwork):
         self.last = nn.Conv2d(dim, dim, 3, 1, 1)
         self.to_img = nn.Conv2d(dim, 3 * scale * scale, 3, 1, 1)
         self.register_load_state_dict_pre_hook(_other_scale_hook)
-
-    @property
-    def variant(self) -> str:
-        """The released variant: esc (also the DFLIP weights), esc-light, esc-xl, or custom."""
-        return _variant_name(self.arch, self.config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.proj(x)
@@ -539,15 +544,10 @@ class ESC(LargeKernelNetwork):
         return F.pixel_shuffle(y, self.scale)
 
 
-class ESCFP(SRNetwork):
-    """ESC-FP (class `ESCFP`, spec 4): decomposed large kernel, LayerNorms everywhere, bicubic residual.
-
-    `pipeline_multiple` is the window size (32); `tile_safe` False (global-mean dynamic kernels).
-    """
+class ESCFP(ESCNetwork):
+    """ESC-FP (class `ESCFP`, spec 4): decomposed large kernel, LayerNorms everywhere, bicubic residual."""
 
     arch = "esc_fp"
-    tile_safe = False
-    pipeline_multiple = 32
     proj_ratio = 1.5
 
     def __init__(
@@ -556,11 +556,9 @@ class ESCFP(SRNetwork):
         scale: int | None = None, attn_type: str = "sdpa", upscaling_factor: int | None = None,
     ) -> None:
         scale = _scale_argument(scale, upscaling_factor)
-        _check_kernel_size(kernel_size)
         super().__init__(scale, dict(dim=dim, pdim=pdim, kernel_size=kernel_size, n_blocks=n_blocks,
                                      conv_blocks=conv_blocks, window_size=window_size, num_heads=num_heads,
                                      exp_ratio=exp_ratio, scale=scale))
-        self.pipeline_multiple = window_size
         self.lk_channel = nn.Parameter(torch.randn(pdim, pdim, 1, 1))
         self.lk_spatial = nn.Parameter(torch.empty(pdim, 1, kernel_size, kernel_size))
         nn.init.orthogonal_(self.lk_spatial)
@@ -574,10 +572,6 @@ class ESCFP(SRNetwork):
         self.last = nn.Conv2d(dim, dim, 3, 1, 1)
         self.to_img = nn.Conv2d(dim, 3 * scale * scale, 3, 1, 1)
         self.register_load_state_dict_pre_hook(_other_scale_hook)
-
-    @property
-    def variant(self) -> str:
-        return _variant_name(self.arch, self.config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.proj(x)
@@ -608,12 +602,9 @@ class ESCReal(LargeKernelNetwork):
     """ESC-Real (class `ESCReal`, spec 5), x4 only: learnt skip branch, nearest + conv upsampler.
 
     No image-level residual and no other-scale conversion (the x4 upsampler is hard-wired).
-    `pipeline_multiple` 32 (the window), `tile_safe` False (global-mean dynamic kernels).
     """
 
     arch = "esc_real"
-    tile_safe = False
-    pipeline_multiple = 32
     proj_ratio = 2.0
 
     def __init__(
@@ -624,11 +615,9 @@ class ESCReal(LargeKernelNetwork):
         scale = _scale_argument(scale, upscaling_factor)
         if scale != 4:
             raise ConfigError(f"ESC-Real upscales x4 only (its upsampler is two fixed x2 steps), not x{scale}")
-        _check_kernel_size(kernel_size)
         config = dict(dim=dim, pdim=pdim, kernel_size=kernel_size, n_blocks=n_blocks, conv_blocks=conv_blocks,
                       window_size=window_size, num_heads=num_heads, exp_ratio=exp_ratio, scale=scale)
         super().__init__(scale, config, pdim, kernel_size)
-        self.pipeline_multiple = window_size
         self.proj = nn.Conv2d(3, dim, 3, 1, 1)
         self.blocks = nn.ModuleList(
             Block(dim, conv_blocks, window_size, num_heads, exp_ratio, self.proj_ratio, True,
@@ -645,10 +634,6 @@ class ESCReal(LargeKernelNetwork):
             nn.Conv2d(3, dim * 2, 1), ReflectConv2d(dim * 2, dim * 2, 7, groups=dim * 2), nn.LeakyReLU(0.2),
             nn.Conv2d(dim * 2, dim, 1),
         )
-
-    @property
-    def variant(self) -> str:
-        return _variant_name(self.arch, self.config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.proj(x)
