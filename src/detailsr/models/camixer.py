@@ -51,10 +51,6 @@ class Routing:
     def n_windows(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    @property
-    def fraction(self) -> float:
-        return self.keep.shape[1] / max(self.n_windows, 1)
-
     def mask(self) -> torch.Tensor:
         """(B, rows, cols) bool map, True where the window was attended."""
         b = self.keep.shape[0]
