@@ -1,11 +1,12 @@
 """The model zoo: cache lookup, hash check, and the offline message."""
 
-import shutil
+import dataclasses
 
 import pytest
 from conftest import shared_file
 
 import detailsr
+from detailsr.checkpoint import read_state_dict
 from detailsr.errors import CheckpointError, ModelNotFoundError
 from detailsr.models import zoo
 from detailsr.models.camixersr import CAMixerSR
@@ -42,14 +43,50 @@ def test_entry_parameter_counts_match_the_architecture(name, n_feats, scale):
     assert sum(p.numel() for p in CAMixerSR(n_feats=n_feats, scale=scale).parameters()) == entry.params
 
 
-def test_cached_file_is_used_and_verified(cache):
-    entry = zoo.get("camixersr-s-x4")
-    target = cache / entry.file
-    target.parent.mkdir(parents=True)
-    shutil.copy(shared_file("weights/CAMixerSR_S.pth"), target)
-    net = detailsr.load_model("camixersr-s-x4")
-    assert net.config["n_feats"] == 36
-    assert detailsr.load_model(None).config["n_feats"] == 36  # the default model
+def test_the_default_model_is_embedded_and_needs_no_network(cache):
+    entry = zoo.get(zoo.DEFAULT_MODEL)
+    path = zoo.fetch(entry)
+    assert path.suffix == ".safetensors" and path.parent.name == "weights"
+    assert (path.parent / "LICENSE-camixersr-s-x4.txt").read_text().startswith(" " * 33 + "Apache License")
+    net = detailsr.load_model()
+    assert (net.arch, net.config["n_feats"], net.scale) == ("camixersr", 36, 4)
+    assert list(cache.iterdir()) == []  # nothing was cached or downloaded
+
+
+def test_the_embedded_weights_are_the_official_params_ema():
+    import torch
+
+    official = torch.load(shared_file("weights/CAMixerSR_S.pth"), map_location="cpu", weights_only=True)
+    embedded = read_state_dict(zoo.fetch(zoo.get("camixersr-s-x4")))
+    assert embedded.keys() == official["params_ema"].keys()
+    assert all(torch.equal(embedded[k], v) for k, v in official["params_ema"].items())
+
+
+def _entry_at(url: str):
+    """camixersr-m-x4 as if it were published at `url` (file:// URLs download without a network)."""
+    return dataclasses.replace(zoo.get("camixersr-m-x4"), url=url)
+
+
+def test_a_download_lands_in_the_cache_and_is_used(cache, monkeypatch):
+    monkeypatch.delenv("DETAILSR_OFFLINE")
+    source = zoo.fetch(zoo.get("camixersr-s-x4"))
+    entry = _entry_at(source.as_uri())
+    path = zoo.fetch(entry, progress=False)
+    assert path == cache / entry.file
+    assert path.read_bytes() == source.read_bytes()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    assert zoo.fetch(entry) == path  # the cached copy, no second download
+
+
+@pytest.mark.parametrize("what", ["missing", "web page"])
+def test_a_failed_download_leaves_nothing_behind(cache, monkeypatch, tmp_path_factory, what):
+    monkeypatch.delenv("DETAILSR_OFFLINE")
+    served = tmp_path_factory.mktemp("server") / "CAMixerSR_M.pth"
+    if what == "web page":
+        served.write_text("<!DOCTYPE html><html>Google Drive can't scan this file for viruses</html>")
+    with pytest.raises(ModelNotFoundError, match="download" if what == "missing" else "web page"):
+        zoo.fetch(_entry_at(served.as_uri()), progress=False)
+    assert list(cache.iterdir()) == []  # not even an empty folder
 
 
 def test_offline_message_says_where_to_put_the_file(cache):
@@ -58,15 +95,16 @@ def test_offline_message_says_where_to_put_the_file(cache):
     message = str(info.value)
     assert str(cache / "camixersr/LargeSR/CAMixerSR_B.pth") in message
     assert "https://github.com/icandle/CAMixerSR/raw/" in message
+    assert list(cache.iterdir()) == []
 
 
 def test_hash_mismatch_is_an_error(cache):
-    entry = zoo.get("camixersr-s-x4")
+    entry = zoo.get("esc-real-x4-mse")
     target = cache / entry.file
     target.parent.mkdir(parents=True)
     target.write_bytes(b"something else")
     with pytest.raises(CheckpointError, match="does not match the published sha256"):
-        detailsr.load_model("camixersr-s-x4")
+        detailsr.load_model("esc-real-x4-mse")
 
 
 def test_every_entry_builds_its_architecture_untrained():

@@ -15,9 +15,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = [("name", "arch", "scale", "params", "licence", "cached", "source")]
+    rows = [("name", "arch", "scale", "params", "licence", "local", "source")]
     for e in zoo.ENTRIES:
-        cached = "yes" if (zoo.cache_dir() / e.file).is_file() else "no"
+        cached = "embedded" if e.embedded else "cached" if (zoo.cache_dir() / e.file).is_file() else "no"
         rows.append((e.name, e.arch, f"x{e.scale}", f"{e.params:,}", e.licence, cached, e.source))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:

@@ -751,9 +751,8 @@ def detect(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]
     return arch, config
 
 
+ARCHITECTURES = {"atd": ATD, "atd_light": ATDLight}
+
+
 def build(arch: str, config: dict) -> SRNetwork:
-    if arch == "atd":
-        return ATD(**config)
-    if arch == "atd_light":
-        return ATDLight(**config)
-    raise KeyError(arch)
+    return ARCHITECTURES[arch](**config)

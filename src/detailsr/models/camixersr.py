@@ -591,11 +591,8 @@ def detect(state_dict: dict) -> tuple[str, dict] | None:
     return None
 
 
+ARCHITECTURES = {"camixersr": CAMixerSR, "camixerosr": CAMixerOSR, "classsr_camixersr": ClassSRCAMixerSR}
+
+
 def build(arch: str, config: dict) -> SRNetwork:
-    if arch == "camixersr":
-        return CAMixerSR(**config)
-    if arch == "camixerosr":
-        return CAMixerOSR(**config)
-    if arch == "classsr_camixersr":
-        return ClassSRCAMixerSR(**config)
-    raise KeyError(arch)
+    return ARCHITECTURES[arch](**config)

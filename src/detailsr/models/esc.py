@@ -701,12 +701,13 @@ def detect(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]
             "this is an ESC FlashBias checkpoint (attn.flashbias_q / flashbias_k instead of the relative-position "
             "table, e.g. ESC_DIV2K_FB_R48_X2.pth); detailsr loads the table-based ESC checkpoints only"
         )
-    if "blocks.0.attn.relative_position_bias" not in state_dict or "proj.weight" not in state_dict:
+    if not _IDENTIFYING_KEYS <= state_dict.keys():
         return None
-    try:
-        return _detect(state_dict)
-    except KeyError:  # an incomplete dict: not one of ours
-        return None
+    return _detect(state_dict)
+
+
+# Keys every ESC-family state dict has (read by `_common`); without them it is not one of ours.
+_IDENTIFYING_KEYS = {"proj.weight", "blocks.0.attn.relative_position_bias", "blocks.0.convffns.0.proj.weight"}
 
 
 def _detect(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
@@ -740,11 +741,8 @@ def _detect(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]
     return None
 
 
+ARCHITECTURES = {"esc": ESC, "esc_fp": ESCFP, "esc_real": ESCReal}
+
+
 def build(arch: str, config: dict[str, Any]) -> SRNetwork:
-    if arch == "esc":
-        return ESC(**config)
-    if arch == "esc_fp":
-        return ESCFP(**config)
-    if arch == "esc_real":
-        return ESCReal(**config)
-    raise KeyError(arch)
+    return ARCHITECTURES[arch](**config)

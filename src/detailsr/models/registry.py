@@ -6,6 +6,7 @@ Each family module exposes `detect(state_dict) -> (arch, hyper_parameters) | Non
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -91,14 +92,18 @@ def _resolve(source) -> tuple[str, dict[str, torch.Tensor]]:
 
 
 def _build(arch: str, config: dict, name: str) -> SRNetwork:
-    for family in FAMILIES:
-        try:
-            return family.build(arch, config)
-        except KeyError:
-            continue
-        except TypeError as e:
-            raise ConfigError(f"{name}: bad hyper-parameter for {arch}: {e}") from e
-    raise CheckpointError(f"{name}: architecture {arch} has no builder")
+    """The network of `arch`; an unknown hyper-parameter is refused before the constructor runs,
+    so that an error inside a constructor surfaces as what it is."""
+    cls = next((f.ARCHITECTURES[arch] for f in FAMILIES if arch in f.ARCHITECTURES), None)
+    if cls is None:
+        raise CheckpointError(f"{name}: architecture {arch} has no builder")
+    accepted = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(config) - set(accepted))
+        if unknown:
+            raise ConfigError(f"{name}: {arch} has no hyper-parameter {', '.join(unknown)}; "
+                              f"it takes {', '.join(accepted)}")
+    return cls(**config)
 
 
 def _load_strict(net: SRNetwork, state_dict: dict, name: str) -> None:

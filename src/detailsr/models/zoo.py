@@ -1,8 +1,9 @@
 """Named checkpoints: where each official file comes from, what it is, what its authors report.
 
-Files are downloaded on first use into the user cache folder (`$DETAILSR_CACHE`, else
+The default model is embedded in the package (`detailsr/weights/`): it needs no network. Other
+files are downloaded on first use into the user cache folder (`$DETAILSR_CACHE`, else
 `$XDG_CACHE_HOME/detailsr`, else `~/.cache/detailsr`). With `DETAILSR_OFFLINE=1`, or when the
-download fails, the error says where to put the file by hand.
+download fails, the error says where to put the file by hand; a failed download leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from ..errors import CheckpointError, ModelNotFoundError
@@ -40,12 +43,13 @@ class ZooEntry:
     metrics: dict[str, str] = field(default_factory=dict)  # as reported by the authors, not re-measured
     notes: str = ""
     config: dict = field(default_factory=dict)  # hyper-parameters: builds the architecture without the file
+    embedded: str | None = None  # file in the package's weights/ folder: no download
 
 
 _CAMIXER_WIDTH = {351_238: 36, 534_558: 48}  # S and M; every other CAMixerSR file has 60 channels
 
 
-def _camixer(name, path, scale, params, metrics, sha256=None, notes="", arch="camixersr"):
+def _camixer(name, path, scale, params, metrics, sha256=None, notes="", arch="camixersr", embedded=None):
     n_feats = _CAMIXER_WIDTH.get(params, 60)
     config = {"n_feats": n_feats, "n_block": [4, 4, 6, 6], "scale": scale}
     if arch == "camixerosr":
@@ -55,7 +59,7 @@ def _camixer(name, path, scale, params, metrics, sha256=None, notes="", arch="ca
     return ZooEntry(
         name=name, file="camixersr/" + path, url=_CAMIXER_RAW + path, arch=arch, scale=scale, params=params,
         licence="Apache-2.0", source=_CAMIXER_SOURCE, sha256=sha256, ratio=0.5, metrics=metrics, notes=notes,
-        config=config,
+        config=config, embedded=embedded,
     )
 
 
@@ -109,7 +113,8 @@ ENTRIES: tuple[ZooEntry, ...] = (
         {_LARGE + " ratio 1": "29.12/26.26/27.73/33.66", _LARGE + " ratio 0.5": "29.08/26.24/27.70/33.63",
          "FLOPs per 32x32 LR (ratio 1/0.5)": "894M/652M"},
         sha256="49ffcfbb59583b4512ed7f4290b6f480b4bac50afb3d1db1553687bbdeff3076",
-        notes="large-image SR, DIV2K",
+        notes="large-image SR, DIV2K; embedded in the package (its params_ema as safetensors)",
+        embedded="camixersr-s-x4.safetensors",
     ),
     _camixer(
         "camixersr-m-x4", "LargeSR/CAMixerSR_M.pth", 4, 534_558,
@@ -250,37 +255,75 @@ def cache_dir() -> Path:
     return Path(base) / "detailsr"
 
 
-def fetch(entry: ZooEntry) -> Path:
-    """Local path of a zoo checkpoint, downloading it into the cache when missing."""
+def fetch(entry: ZooEntry, progress: bool | None = None) -> Path:
+    """Local path of a zoo checkpoint: the embedded file, or the cached one (downloaded when missing).
+
+    progress: a download progress bar (None: only when stderr is a terminal).
+    """
+    if entry.embedded is not None:
+        return Path(str(resources.files("detailsr") / "weights" / entry.embedded))
     path = cache_dir() / entry.file
     if not path.is_file():
         if os.environ.get("DETAILSR_OFFLINE", "") not in ("", "0"):
             raise ModelNotFoundError(_missing_message(entry, path, "offline mode (DETAILSR_OFFLINE is set)"))
-        _download(entry, path)
+        _download(entry, path, sys.stderr.isatty() if progress is None else progress)
     _verify(entry, path)
     return path
 
 
-def _download(entry: ZooEntry, path: Path) -> None:
+def _download(entry: ZooEntry, path: Path, progress: bool) -> None:
     log.info("downloading %s from %s", entry.name, entry.url)
+    created = _make_parents(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=60) as response:
-                first = response.read(1 << 20)
-                if first.lstrip()[:1] == b"<":
-                    # e.g. Google Drive answers large files with a confirmation page, not the file
-                    raise ModelNotFoundError(_missing_message(entry, path, "the server sent a web page"))
-                out.write(first)
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
+                _copy(response, out, entry, path, progress)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a malformed URL
+        _remove_empty(created)
         raise ModelNotFoundError(_missing_message(entry, path, f"download failed: {e}")) from e
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _copy(response, out, entry: ZooEntry, path: Path, progress: bool) -> None:
+    first = response.read(1 << 20)
+    if first.lstrip()[:1] == b"<":
+        # e.g. Google Drive answers large files with a confirmation page, not the file
+        raise ModelNotFoundError(_missing_message(entry, path, "the server sent a web page"))
+    from tqdm import tqdm
+
+    size = response.headers.get("Content-Length") if hasattr(response, "headers") else None
+    with tqdm(total=int(size) if size else None, unit="B", unit_scale=True, desc=entry.name,
+              disable=not progress, leave=False) as bar:
+        while first:
+            out.write(first)
+            bar.update(len(first))
+            first = response.read(1 << 20)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; return those created, deepest first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for f in reversed(missing):
+        f.mkdir(exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another download) or already gone
+            break
 
 
 def _verify(entry: ZooEntry, path: Path) -> None:
