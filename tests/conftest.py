@@ -1,7 +1,10 @@
-"""Shared test fixtures: the read-only reference data in ../shared.
+"""Shared test fixtures: the project's own images and embedded model, and the reference data in ../shared.
 
-Tests that need a file from ../shared skip with a reason when it is absent (a user's own clone),
-but under CI (CI=true, where ../shared is always present) a missing file is a failure.
+Tests that need only *a* real photo or *a* real checkpoint use the project's CC0 images
+(tests/data/images, examples/) and the embedded default model: they run in any clone. Tests that
+need the benchmark sets, their published numbers or the official .pth file read ../shared: they
+skip with a reason when it is absent (a user's own clone), but under CI (CI=true, where ../shared
+is always present) a missing file is a failure.
 """
 
 import os
@@ -13,6 +16,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DETAILSR_SHARED", REPO.parent / "shared"))
+# CC0 photos shipped with the project (licences in tests/data/images/README.md, examples/README.md)
+PHOTOS = {
+    "chelsea": REPO / "tests/data/images/chelsea.png",  # a cat: busy fur, a smooth background (226x150)
+    "camera": REPO / "tests/data/images/camera.png",  # grayscale photographer (128x128)
+    "gravel": REPO / "tests/data/images/gravel.png",  # grayscale texture, busy everywhere (96x96)
+    "coffee": REPO / "examples/coffee.png",  # a cup on a table: flat and detailed regions (300x200)
+}
+
+
+def photo(name: str) -> Path:
+    """Path of one of the project's own CC0 photos."""
+    return PHOTOS[name]
+
+
+def default_model_file() -> Path:
+    """The embedded default checkpoint (CAMixerSR-S x4, params_ema as safetensors): a real model, no network."""
+    from detailsr.models import zoo
+
+    return zoo.fetch(zoo.get(zoo.DEFAULT_MODEL))
 
 
 def shared_file(relative: str) -> Path:

@@ -27,10 +27,19 @@ def read_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
-    if path.suffix.lower() == ".safetensors":
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # By content, not by name: safetensors starts with its header's length, then the JSON header;
+    # torch.save writes a zip archive (PK), or a pickle (protocol 2+: 0x80) in old files. Anything
+    # else would reach the pickle machinery and fail with an arbitrary error.
+    if head[8:9] == b"{":
         raw = _read_safetensors(path)
-    else:
+    elif head[:2] == b"PK" or head[:1] == b"\x80":
         raw = _read_torch(path)
+    elif path.suffix.lower() == ".safetensors":
+        raise CheckpointError(f"checkpoint {path} is not a valid safetensors file (no header)")
+    else:
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch (.pth) or safetensors file")
     return unwrap(raw, str(path))
 
 
@@ -53,7 +62,7 @@ def _read_torch(path: Path) -> object:
             f"checkpoint {path} holds objects other than tensors (or is not a checkpoint); "
             "refusing to unpickle it"
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)})") from e
 
 

@@ -23,3 +23,7 @@ class ConfigError(DetailSRError):
 
 class ModelNotFoundError(CheckpointError):
     """A zoo model is not in the local cache and cannot be downloaded."""
+
+
+class UsageError(ConfigError):
+    """A command-line value that cannot work (the command exits with 2, as for argparse's own errors)."""

@@ -15,15 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .choices import PROTOCOLS, READ_EXTENSIONS
 from .errors import ConfigError, ImageError
 from .flops import executed_macs
-from .imageio import READ_EXTENSIONS, from_tensor, read_image, to_tensor, write_image
+from .imageio import from_tensor, read_image, to_tensor, write_image
 from .inference import ratio_setting, run
 from .metrics import evaluate
 from .models.base import SRNetwork
 from .resize import bicubic_downscale, mod_crop
-
-PROTOCOLS = ("y", "rgb", "ws")
 
 
 @dataclass

@@ -40,11 +40,10 @@ from PIL import Image, UnidentifiedImageError
 
 from detailsr.errors import ConfigError, ImageError
 
+from .choices import DEFAULT_MAX_PIXELS, WRITE_EXTENSIONS
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS: int = 16384 * 16384
-READ_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
-WRITE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
 
 _MAX_VALUE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -101,10 +100,17 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
     own decompression-bomb guard (2 x PIL.Image.MAX_IMAGE_PIXELS) applies as well. Every failure
     raises `ImageError` with a one-line message that names the file.
     """
+    path = Path(path)
+    return decode_image(_read_bytes(path), path, max_pixels)
+
+
+def decode_image(data: bytes, path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """`read_image` for the bytes of an image file (e.g. from standard input); `path` names it in errors."""
     if max_pixels < 1:
         raise ConfigError(f"max_pixels must be a positive number of pixels, not {max_pixels}")
     path = Path(path)
-    data = _read_bytes(path)
+    if not data:
+        raise _error(f"{path}: file is empty (0 bytes)")
     with _pillow_guard(path), _open_header(path, data) as header:
         _check_pixel_limit(path, header.size, max_pixels)
         _warn_if_several_frames(path, header)
@@ -319,13 +325,29 @@ def write_image(
     The file is encoded in memory and written atomically: on any failure no output file appears.
     """
     path = Path(path)
-    ext = path.suffix.lower()
+    _check_extension(path, path.suffix.lower())
+    _check_destination(path, overwrite)
+    write_bytes_atomic(path, encode_image(pixels, path.suffix, alpha, grayscale, path))
+
+
+def encode_image(
+    pixels: np.ndarray,
+    ext: str,
+    alpha: np.ndarray | None = None,
+    grayscale: bool = False,
+    path: str | os.PathLike[str] = "<memory>",
+) -> bytes:
+    """The bytes of an image file of type `ext` (".png", "jpg", ...), as `write_image` writes it."""
+    path, ext = Path(path), "." + ext.lower().lstrip(".")
+    _check_extension(path, ext)
+    _check_arrays(path, pixels, alpha)
+    return _encode(path, ext, pixels, alpha, grayscale)
+
+
+def _check_extension(path: Path, ext: str) -> None:
     if ext not in WRITE_EXTENSIONS:
         supported = " ".join(sorted(WRITE_EXTENSIONS))
         raise _error(f"{path}: cannot write images with extension '{ext}' (supported: {supported})")
-    _check_destination(path, overwrite)
-    _check_arrays(path, pixels, alpha)
-    write_bytes_atomic(path, _encode(path, ext, pixels, alpha, grayscale))
 
 
 def _check_destination(path: Path, overwrite: bool) -> None:

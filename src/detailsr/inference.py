@@ -11,16 +11,17 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .choices import BLENDS
 from .errors import ConfigError
 from .imageio import from_tensor, to_tensor
 from .models.base import SRNetwork
 from .models.layers import pad_to_multiple
 
-BLENDS = ("feather", "average")
 log = logging.getLogger(__name__)
 
 
@@ -32,6 +33,7 @@ def upscale(
     tile_overlap: int = 16,
     blend: str = "feather",
     progress: bool = False,
+    outscale: float | None = None,
 ) -> Any:
     """Super-resolve `img` with `net`; the result is of the same kind as the input.
 
@@ -39,51 +41,79 @@ def upscale(
     separately with bicubic), or float tensor (C x H x W or N x C x H x W, in [0, 1]).
     tile: LR tile side (None: whole image); tile_overlap: LR pixels shared by neighbouring tiles;
     blend: "feather" (linear ramps across overlaps) or "average" (the official large-image test).
+    outscale: the final scale (None: the network's); the network's output is resized to it (see
+    `resize_output`), e.g. 2 or 3.5 with a x4 network.
     """
+    if outscale is not None and not 0 < outscale < float("inf"):
+        raise ConfigError(f"outscale must be a positive number, got {outscale}")
+    run_args = dict(ratio=ratio, tile=tile, tile_overlap=tile_overlap, blend=blend, progress=progress)
     if isinstance(img, torch.Tensor):
-        return _upscale_tensor(img, net, ratio, tile, tile_overlap, blend, progress)
+        return _upscale_tensor(img, net, outscale, run_args)
     if isinstance(img, np.ndarray):
-        return _upscale_array(img, net, ratio, tile, tile_overlap, blend, progress)
+        return _upscale_array(img, net, outscale, run_args)
     from PIL import Image
 
     if isinstance(img, Image.Image):
-        return _upscale_pil(img, net, ratio, tile, tile_overlap, blend, progress)
+        return _upscale_pil(img, net, outscale, run_args)
     raise TypeError(f"upscale takes a PIL image, numpy array or tensor, not {type(img).__name__}")
 
 
-def _upscale_tensor(x, net, ratio, tile, overlap, blend, progress):
+def _upscale_tensor(x, net, outscale, run_args):
     batched = x.dim() == 4
     x = x if batched else x[None]
     if x.dim() != 4 or x.shape[1] != 3:
         raise ConfigError(f"expected a 3-channel image tensor (N x 3 x H x W), got shape {tuple(x.shape)}")
-    y = run(net, x.float(), ratio=ratio, tile=tile, tile_overlap=overlap, blend=blend, progress=progress)
+    y = run(net, x.float(), **run_args)
+    if outscale is not None:
+        size = output_size(x.shape[-2:], outscale)
+        y = torch.stack([torch.from_numpy(resize_output(i.permute(1, 2, 0).numpy(), *size)).permute(2, 0, 1)
+                         for i in y]).clamp_(0, 1)
     return y if batched else y[0]
 
 
-def _upscale_array(a, net, ratio, tile, overlap, blend, progress):
+def _upscale_array(a, net, outscale, run_args):
     if a.dtype not in (np.uint8, np.uint16):
         raise ConfigError(f"expected a uint8 or uint16 image array, got {a.dtype}")
     gray = a.ndim == 2 or a.shape[2] in (1, 2)
     a = a[:, :, None] if a.ndim == 2 else a
     colour = np.repeat(a[:, :, :1], 3, axis=2) if gray else a[:, :, :3]
     alpha = a[:, :, -1:] if a.shape[2] in (2, 4) else None
-    y = from_tensor(run(net, to_tensor(colour), ratio=ratio, tile=tile, tile_overlap=overlap,
-                        blend=blend, progress=progress), a.dtype)
+    y = from_tensor(run(net, to_tensor(colour), **run_args), a.dtype)
     if gray:
         y = y[:, :, :1]
     if alpha is not None:
         y = np.concatenate([y, upscale_alpha(alpha[:, :, 0], net.scale)[:, :, None]], axis=2)
+    if outscale is not None:
+        y = resize_output(y, *output_size(a.shape[:2], outscale))
     return y[:, :, 0] if a.shape[2] == 1 and y.shape[2] == 1 else y
 
 
-def _upscale_pil(img, net, ratio, tile, overlap, blend, progress):
+def _upscale_pil(img, net, outscale, run_args):
     from PIL import Image
 
     mode = img.mode
     if mode not in ("RGB", "RGBA", "L", "LA"):
         img = img.convert("RGBA" if "A" in mode or "transparency" in img.info else "RGB")
-    y = _upscale_array(np.asarray(img), net, ratio, tile, overlap, blend, progress)
-    return Image.fromarray(y)
+    return Image.fromarray(_upscale_array(np.asarray(img), net, outscale, run_args))
+
+
+def output_size(lr_size, outscale: float) -> tuple[int, int]:
+    """(height, width) of an LR image of `lr_size` scaled by `outscale`, rounded, at least 1."""
+    h, w = lr_size
+    return max(1, round(h * outscale)), max(1, round(w * outscale))
+
+
+def resize_output(a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A network output (H x W x C: uint8, uint16 or float) resized to height x width.
+
+    Area averaging to shrink (every input pixel weighs in: no aliasing), Lanczos (8 x 8 taps) to
+    enlarge; integer results saturate at the type's range.
+    """
+    if a.shape[:2] == (height, width):
+        return a
+    shrink = height * width < a.shape[0] * a.shape[1]
+    resized = cv2.resize(a, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LANCZOS4)
+    return resized.reshape(height, width, a.shape[2])
 
 
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
@@ -133,13 +163,12 @@ def ratio_setting(net: SRNetwork, ratio: float | None) -> Iterator[None]:
         return
     if not net.content_aware:
         raise ConfigError(f"{net.arch} has no ratio (it is not content-aware)")
-    before = getattr(net, "ratio", None)
+    before = net.current_ratio()
     net.set_ratio(ratio)
     try:
         yield
     finally:
-        if before is not None:
-            net.set_ratio(before)
+        net.set_ratio(before)
 
 
 def _to(t: torch.Tensor | None, device) -> torch.Tensor | None:

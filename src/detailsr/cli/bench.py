@@ -8,13 +8,10 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
-
-from ..benchmark import Case, measure
-from ..imageio import write_bytes_atomic
-from ..models.registry import build_untrained, load_model
+from ..choices import ALL_ATTENTION_BACKENDS
+from ..errors import UsageError
 from .flops import size_value
-from .options import positive_int, ratio_value
+from .options import add_device_options, non_negative_int, positive_int, ratio_value, to_device, use_threads
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -24,35 +21,45 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
         "all share the machine's conditions); report median/min/max latency, output megapixels per "
         "second and peak memory, and each median relative to the first case.",
     )
-    p.add_argument("-m", "--models", nargs="+", required=True, metavar="MODEL")
+    p.add_argument("-m", "--models", nargs="+", metavar="MODEL",
+                   help="zoo names or checkpoint files (default: the embedded CAMixerSR-S x4)")
     p.add_argument("--size", type=size_value, required=True, help="LR input WxH")
     p.add_argument("--ratio", type=ratio_value, nargs="+", help="ratios to compare (content-aware models)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for torch")
+    add_device_options(p)
     p.add_argument("--runs", type=positive_int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--attn", help="attention kernel for every model")
+    p.add_argument("--warmup", type=non_negative_int, default=1)
+    p.add_argument("--attn", choices=ALL_ATTENTION_BACKENDS, help="attention kernel for every model")
     p.add_argument("--untrained", action="store_true",
                    help="random weights of each zoo model's architecture (cost only, no checkpoint needed)")
     p.add_argument("--json", type=Path, metavar="FILE")
     p.set_defaults(run=run)
 
 
-def build_cases(args: argparse.Namespace) -> list[Case]:
+def build_cases(args: argparse.Namespace) -> list:
+    from ..benchmark import Case
+    from ..models.registry import build_untrained, load_model
+
+    if args.untrained and not args.models:
+        raise UsageError("--untrained needs -m with zoo model names")
     cases = []
-    for name in args.models:
+    for name in args.models or [None]:
         options = {"attn_type": args.attn} if args.attn else {}
-        net = (build_untrained if args.untrained else load_model)(name, **options).to(torch.device(args.device))
+        net = to_device((build_untrained if args.untrained else load_model)(name, **options), args.device)
         ratios = args.ratio if (args.ratio and net.content_aware) else [None]
         for ratio in ratios:
-            label = name if ratio is None else f"{name} @ {ratio:g}"
+            label = name or "default"
+            label = label if ratio is None else f"{label} @ {ratio:g}"
             cases.append(Case(label, net, ratio))
     return cases
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    import torch
+
+    from ..benchmark import measure
+    from ..imageio import write_bytes_atomic
+
+    use_threads(args)
     cases = build_cases(args)
     w, h = args.size
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))

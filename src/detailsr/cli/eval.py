@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..evaluation import PROTOCOLS, DatasetResult, evaluate_folder, hr_files
-from ..imageio import write_bytes_atomic
-from ..inference import BLENDS
-from .options import add_model_options, load_from_args, positive_int, ratio_value, show_progress
+from ..choices import BLENDS, PROTOCOLS
+from ..errors import UsageError
+from .options import add_model_options, load_from_args, non_negative_int, positive_int, ratio_value, show_progress
+
+if TYPE_CHECKING:
+    from ..evaluation import DatasetResult
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -25,7 +28,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--ratio", type=ratio_value, help="share of windows given attention (content-aware models)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="y")
     p.add_argument("--tile", type=positive_int, help="LR tile side (the large-image protocol uses 64)")
-    p.add_argument("--tile-overlap", type=int, default=16, metavar="N")
+    p.add_argument("--tile-overlap", type=non_negative_int, default=16, metavar="N")
     p.add_argument("--blend", choices=BLENDS, default="feather",
                    help="tile overlaps: feathered (default) or plain averaging as the official large-image test")
     p.add_argument("--json", type=Path, metavar="FILE", help="write all per-image results as JSON")
@@ -34,6 +37,11 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..evaluation import hr_files
+    from ..imageio import write_bytes_atomic
+
+    if args.tile is not None and args.tile <= args.tile_overlap:
+        raise UsageError(f"--tile {args.tile} must be larger than --tile-overlap {args.tile_overlap}")
     folders = [Path(d) for d in args.datasets]
     for folder in folders:
         hr_files(folder)  # fail on a bad folder before loading the model
@@ -47,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(net, folder: Path, args) -> DatasetResult:
+    from ..evaluation import evaluate_folder, hr_files
+
     bar = None
     if show_progress(args):
         from tqdm import tqdm

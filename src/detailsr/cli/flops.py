@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..errors import ConfigError
-from ..flops import cost_report
-from ..imageio import read_image, to_tensor
+from ..errors import UsageError
 from .options import add_model_options, load_from_args, ratio_value
 
 
@@ -40,8 +36,13 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..flops import cost_report
+    from ..imageio import read_image, to_tensor
+
     if args.image and args.size:
-        raise ConfigError("give --size or --image, not both")
+        raise UsageError("give --size or --image, not both")
     net = load_from_args(args)
     if args.image:
         x = to_tensor(read_image(args.image).pixels)

@@ -1,4 +1,8 @@
-"""Entry point: parse the sub-command, run it, turn errors into one line and an exit code."""
+"""Entry point: parse the sub-command, run it, turn errors into one line and an exit code.
+
+Parsing imports nothing heavy (torch, OpenCV): each sub-command imports what it needs when it runs,
+so that `--help` and usage errors answer at once.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,21 @@ import argparse
 import logging
 import sys
 
-from PIL import Image
-
-from ..errors import DetailSRError
+from .. import __version__
+from ..errors import DetailSRError, UsageError
 from . import bench, flops, mask, models, upscale
 from . import eval as eval_command
 
 COMMANDS = (upscale, eval_command, flops, bench, mask, models)
+USAGE_EXIT = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the command's one-line error format (`detailsr: error: ...`, exit 2)."""
+
+    def error(self, message: str):
+        print(f"detailsr: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(USAGE_EXIT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,9 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show tracebacks and debug logs")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars")
-    parser = argparse.ArgumentParser(
-        prog="detailsr", description="Content-aware image super-resolution.", parents=[common]
-    )
+    parser = Parser(prog="detailsr", description="Content-aware image super-resolution.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"detailsr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub, common)
@@ -35,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)
     args.quiet = getattr(args, "quiet", False)
+    from PIL import Image
+
     # `--max-pixels` is the one decompression-bomb limit of the command; Pillow's own is lower.
     Image.MAX_IMAGE_PIXELS = None
     logging.basicConfig(
@@ -46,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"detailsr: error: {e}", file=sys.stderr)
-        return 1
+        return USAGE_EXIT if isinstance(e, UsageError) else 1
     except BrokenPipeError:  # e.g. `detailsr models | head`
         sys.stderr.close()
         return 0

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
-from ..imageio import read_image, write_image
-from ..routing import routing_maps
 from .options import add_model_options, load_from_args, ratio_value
 
 
@@ -26,6 +22,11 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..imageio import read_image, write_image
+    from ..routing import routing_maps
+
     image = read_image(args.input)
     net = load_from_args(args)
     share = routing_maps(net, image.pixels, ratio=args.ratio)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import zoo
-
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("models", parents=[common], help="list the model zoo",
@@ -15,6 +13,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models import zoo
+
     rows = [("name", "arch", "scale", "params", "licence", "local", "source")]
     for e in zoo.ENTRIES:
         cached = "embedded" if e.embedded else "cached" if (zoo.cache_dir() / e.file).is_file() else "no"

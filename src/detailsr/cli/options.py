@@ -1,49 +1,81 @@
-"""Options several sub-commands share: which model, on which device, with how many threads."""
+"""Options several sub-commands share: which model, on which device, with how many threads.
+
+Values are checked here, at parse time, so that a bad one is a usage error (exit 2) before any
+work starts; nothing here imports torch until a model is loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
-import torch
+from ..choices import ALL_ATTENTION_BACKENDS
+from ..errors import ConfigError, UsageError
 
-from ..errors import ConfigError
-from ..models.layers import ATTENTION_BACKENDS
-from ..models.registry import build_untrained, load_model
+# torch device strings a user may mean: a type, optionally with an index
+_DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|hip|mtia|hpu|meta)(:\d+)?$")
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    value = _number(text, int, "a positive integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = _number(text, int, "a whole number of pixels, 0 or more")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, 0 or more, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float, "a positive number")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def ratio_value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    value = _number(text, float, "a number in [0, 1]")
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
 
 
+def device_value(text: str) -> str:
+    if not _DEVICE.match(text.strip().lower()):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected cpu, cuda, cuda:N, mps or xpu")
+    return text.strip().lower()
+
+
+def _number(text: str, kind: type, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", help="zoo name (see `detailsr models`) or checkpoint file")
-    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for torch")
-    p.add_argument("--attn", choices=ATTENTION_BACKENDS, help="attention kernel (default sdpa)")
+    p.add_argument("-m", "--model", help="zoo name (see `detailsr models`) or checkpoint file "
+                   "(default: the embedded CAMixerSR-S x4)")
+    add_device_options(p)
+    p.add_argument("--attn", choices=ALL_ATTENTION_BACKENDS, help="attention kernel (default sdpa)")
     p.add_argument("--stochastic", action="store_true",
                    help="CAMixer: draw the number of attended windows as the official code does")
 
 
-def load_from_args(args: argparse.Namespace, default: str | None = None):
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=device_value, default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch")
+
+
+def load_from_args(args: argparse.Namespace):
+    from ..models.registry import build_untrained, load_model
+
+    use_threads(args)
     options = {}
     if args.attn:
         options["attn_type"] = args.attn
@@ -51,15 +83,29 @@ def load_from_args(args: argparse.Namespace, default: str | None = None):
         options["stochastic"] = True
     if getattr(args, "untrained", False):
         if not args.model:
-            raise ConfigError("--untrained needs -m with a zoo model name")
+            raise UsageError("--untrained needs -m with a zoo model name")
         net = build_untrained(args.model, **options)
     else:
-        net = load_model(args.model or default, **options)
+        net = load_model(args.model, **options)
+    return to_device(net, args.device)
+
+
+def use_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def to_device(net, device: str):
+    """`net` on `device`, or one line saying why that device cannot be used here."""
+    import torch
+
     try:
-        device = torch.device(args.device)
-        return net.to(device)
+        return net.to(torch.device(device))
     except (RuntimeError, AssertionError) as e:
-        raise ConfigError(f"device {args.device} is not available ({e})") from e
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"device {device} is not available here ({reason})") from e
 
 
 def show_progress(args: argparse.Namespace) -> bool:

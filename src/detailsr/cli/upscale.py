@@ -1,51 +1,87 @@
-"""`detailsr upscale`: super-resolve image files, folders or globs."""
+"""`detailsr upscale`: super-resolve image files, folders, globs, or standard input."""
 
 from __future__ import annotations
 
 import argparse
 import glob
+import logging
+import os
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from ..choices import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, WRITE_EXTENSIONS
+from ..errors import ConfigError, DetailSRError, ImageError, UsageError
+from .options import (
+    add_model_options,
+    load_from_args,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    ratio_value,
+    show_progress,
+)
 
-from ..errors import ConfigError, DetailSRError, ImageError
-from ..imageio import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, WRITE_EXTENSIONS, read_image, write_image
-from ..inference import upscale, upscale_alpha
-from ..models import zoo
-from .options import add_model_options, load_from_args, positive_int, ratio_value, show_progress
+log = logging.getLogger(__name__)
+STREAM = "-"  # standard input as INPUT, standard output as -o
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "upscale", parents=[common], help="super-resolve images",
-        description="Super-resolve images. INPUT is a file, a folder (its images, not recursive) or a glob.",
+        description="Super-resolve images. INPUT is a file, a folder (its images), a glob, or - (standard "
+        "input). Folders and globs take only image files, and never detailsr's own outputs (a name "
+        "<stem><suffix> or <stem>_x<N> beside the image <stem>).",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT")
-    p.add_argument("-o", "--output", help="output file (one input) or folder; default: next to each input")
+    p.add_argument("-o", "--output",
+                   help="output file (one input), folder, or - (standard output); default: next to each input, "
+                   "standard output for standard input")
     add_model_options(p)
-    p.add_argument("-s", "--scale", type=positive_int, help="required scale; an error if the model has another")
+    p.add_argument("-s", "--scale", type=positive_int,
+                   help="the model's scale, checked (an error if it has another; see --outscale)")
+    p.add_argument("--outscale", type=positive_float, metavar="S",
+                   help="final scale: the model's output resized to S times the input (e.g. 2 or 3.5 with a x4 "
+                   "model; area averaging to shrink, Lanczos to enlarge)")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="folders: their sub-folders too (mirrored under -o FOLDER)")
     p.add_argument("--ratio", type=ratio_value, help="share of windows given attention (content-aware models)")
-    p.add_argument("--tile", type=positive_int, help="process in LR tiles of this side (bounded memory)")
-    p.add_argument("--tile-overlap", type=int, default=16, metavar="N", help="LR pixels tiles share (16)")
-    p.add_argument("--suffix", help="added to output file names (default _x<scale>)")
+    p.add_argument("--tile", type=positive_int,
+                   help="process in LR tiles of this side (bounded memory); larger than the overlap")
+    p.add_argument("--tile-overlap", type=non_negative_int, default=16, metavar="N", help="LR pixels tiles share (16)")
+    p.add_argument("--suffix", help="added to output file names (default _x<scale>, or _x<outscale>)")
     p.add_argument("--ext", choices=sorted(e.lstrip(".") for e in WRITE_EXTENSIONS),
-                   help="output format (default: the input's)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+                   help="output format (default: the input's; PNG for standard input)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="leave inputs whose output exists (to resume a batch)")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse inputs with more pixels (decompression bombs; default {DEFAULT_MAX_PIXELS})")
     p.set_defaults(run=run)
 
 
+@dataclass(frozen=True)
+class Source:
+    """An input image: `path` (STREAM for standard input), found under folder `base` (None: named itself)."""
+
+    path: Path
+    base: Path | None = None
+
+    @property
+    def is_stream(self) -> bool:
+        return str(self.path) == STREAM
+
+
 def run(args: argparse.Namespace) -> int:
-    inputs = expand_inputs(args.inputs)
-    if args.tile_overlap < 0:
-        raise ConfigError(f"--tile-overlap must not be negative, got {args.tile_overlap}")
-    net = load_from_args(args, default=zoo.DEFAULT_MODEL)
-    if args.scale is not None and args.scale != net.scale:
-        raise ConfigError(f"the model upscales by {net.scale}, not {args.scale}")
-    suffix = f"_x{net.scale}" if args.suffix is None else args.suffix
-    jobs = plan_outputs(inputs, args.output, suffix, args.ext, args.overwrite)
+    if args.tile is not None and args.tile <= args.tile_overlap:
+        raise UsageError(f"--tile {args.tile} must be larger than --tile-overlap {args.tile_overlap}")
+    sources = expand_inputs(args.inputs, args.recursive, args.suffix, args.output)
+    net = load_from_args(args)
+    check_scale(args, net)
+    jobs = plan_outputs(sources, args.output, output_suffix(args, net), args.ext, args.overwrite,
+                        args.skip_existing)
     failures = 0
     for src, dst in _progress(jobs, show_progress(args)):
         try:
@@ -55,69 +91,175 @@ def run(args: argparse.Namespace) -> int:
                 raise
             failures += 1
             print(f"detailsr: error: {e}", file=sys.stderr)
+    if failures and len(jobs) > 1:
+        print(f"detailsr: {failures} of {len(jobs)} images failed; the others were written", file=sys.stderr)
     return 1 if failures else 0
 
 
-def upscale_file(src: Path, dst: Path, net, args: argparse.Namespace) -> None:
-    image = read_image(src, max_pixels=args.max_pixels)
+def check_scale(args: argparse.Namespace, net) -> None:
+    if args.scale is not None and args.scale != net.scale:
+        raise ConfigError(f"the model upscales by {net.scale}, not {args.scale}; "
+                          f"use --outscale {args.scale} to resize its output to x{args.scale}")
+    if args.tile is not None and args.tile < net.min_size:
+        raise UsageError(f"--tile {args.tile} is below the smallest input {net.arch} takes ({net.min_size} px)")
+
+
+def output_suffix(args: argparse.Namespace, net) -> str:
+    if args.suffix is not None:
+        return args.suffix
+    return f"_x{args.outscale:g}" if args.outscale is not None else f"_x{net.scale}"
+
+
+def upscale_file(src: Source, dst: Path | None, net, args: argparse.Namespace) -> None:
+    """Upscale one input; dst None: standard output."""
+    from ..imageio import decode_image, encode_image, read_image, write_bytes_atomic
+    from ..inference import output_size, resize_output, upscale, upscale_alpha
+
+    if src.is_stream:
+        image = decode_image(sys.stdin.buffer.read(), "standard input", max_pixels=args.max_pixels)
+    else:
+        image = read_image(src.path, max_pixels=args.max_pixels)
     pixels = upscale(image.pixels, net, ratio=args.ratio, tile=args.tile, tile_overlap=args.tile_overlap,
-                     progress=show_progress(args))
+                     outscale=args.outscale, progress=show_progress(args))
     alpha = None if image.alpha is None else upscale_alpha(image.alpha, net.scale)
-    write_image(dst, np.ascontiguousarray(pixels), alpha=alpha, grayscale=image.grayscale,
-                overwrite=args.overwrite)
+    if alpha is not None and args.outscale is not None:
+        alpha = resize_output(alpha[:, :, None], *output_size(image.alpha.shape, args.outscale))[:, :, 0]
+    if dst is None:
+        ext = args.ext or (src.path.suffix if not src.is_stream else "png")
+        sys.stdout.buffer.write(encode_image(pixels, ext, alpha, image.grayscale, "standard output"))
+        sys.stdout.buffer.flush()
+        return
+    encoded = encode_image(pixels, dst.suffix, alpha, image.grayscale, dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)  # a sub-folder mirrored by --recursive
+    if dst.exists() and not args.overwrite:  # appeared while this batch ran
+        raise ImageError(f"{dst} exists; use --overwrite")
+    write_bytes_atomic(dst, encoded)
 
 
-def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Files as given, the images inside folders, glob matches; in order, without repeats."""
-    found: list[Path] = []
+def expand_inputs(patterns: list[str], recursive: bool, suffix: str | None, output: str | None) -> list[Source]:
+    """Files as given, the images in folders and glob matches; in order, without repeats.
+
+    Folders and globs take only image files and leave out detailsr's own outputs (see
+    `_without_outputs`), so that a rerun on a folder does not upscale its earlier results.
+    """
+    found: list[Source] = []
     for pattern in patterns:
         path = Path(pattern)
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in READ_EXTENSIONS and p.is_file())
+        if pattern == STREAM:
+            found.append(Source(path))
+        elif path.is_dir():
+            found += [Source(p, path) for p in _without_outputs(_images_in(path, recursive, output), suffix)]
         elif path.exists():
-            found.append(path)
+            found.append(Source(path))
         elif glob.has_magic(pattern):
-            matches = sorted(Path(m) for m in glob.glob(pattern))
+            matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=recursive))]
             if not matches:
                 raise ImageError(f"no file matches {pattern}")
-            found += [m for m in matches if m.is_file()]
+            found += [Source(p) for p in _without_outputs(_only_images(m for m in matches if m.is_file()), suffix)]
         else:
             raise ImageError(f"input {pattern} does not exist")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if sum(s.is_stream for s in found) > 1:
+        raise UsageError("standard input (-) can be read only once")
+    unique = list({(s.path if s.is_stream else s.path.resolve()): s for s in reversed(found)}.values())[::-1]
     if not unique:
         raise ImageError(f"no images found in {' '.join(patterns)}")
     return unique
 
 
-def plan_outputs(inputs: list[Path], output: str | None, suffix: str, ext: str | None,
-                 overwrite: bool) -> list[tuple[Path, Path]]:
-    """(input, output) pairs; checked before any work so that a bad plan writes nothing."""
+def _images_in(folder: Path, recursive: bool, output: str | None) -> list[Path]:
+    """The image files of `folder` (and its sub-folders, leaving out hidden ones and the output folder)."""
+    if not recursive:
+        return _only_images(p for p in sorted(folder.iterdir()) if p.is_file())
+    skip = Path(output).resolve() if output and output != STREAM else None
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() != skip)
+        files += [Path(root) / n for n in sorted(names)]
+    return _only_images(files)
+
+
+def _only_images(paths) -> list[Path]:
+    return [p for p in paths if p.suffix.lower() in READ_EXTENSIONS and not p.name.startswith(".")]
+
+
+_SCALED_NAME = re.compile(r"(.+)_x\d+(\.\d+)?")  # detailsr's default output names: <stem>_x4, <stem>_x3.5
+
+
+def _without_outputs(paths: list[Path], suffix: str | None) -> list[Path]:
+    """`paths` less detailsr's outputs: a file <stem><suffix> or <stem>_x<N> with an image <stem>.* beside it."""
+    stems: dict[Path, set[str]] = {}  # image stems per folder, listed once
+
+    def is_output(path: Path) -> bool:
+        origins = set()
+        if suffix and path.stem.endswith(suffix) and path.stem != suffix:
+            origins.add(path.stem[: -len(suffix)])
+        if match := _SCALED_NAME.fullmatch(path.stem):
+            origins.add(match.group(1))
+        if not origins:
+            return False
+        if path.parent not in stems:
+            stems[path.parent] = {p.stem for p in _only_images(path.parent.iterdir())}
+        return bool(origins & stems[path.parent])
+
+    kept = [p for p in paths if not is_output(p)]
+    if len(kept) < len(paths):
+        log.info("leaving out %d earlier outputs of detailsr", len(paths) - len(kept))
+    return kept
+
+
+def plan_outputs(sources: list[Source], output: str | None, suffix: str, ext: str | None, overwrite: bool,
+                 skip_existing: bool) -> list[tuple[Source, Path | None]]:
+    """(input, output) pairs, output None for standard output; checked before any work so that a bad
+    plan writes nothing. Existing outputs are an error, unless replaced or skipped as asked."""
+    to_stdout = output == STREAM or (output is None and any(s.is_stream for s in sources))
+    if to_stdout:
+        if len(sources) > 1:
+            raise UsageError(f"{len(sources)} inputs cannot all be written to standard output")
+        return [(sources[0], None)]
     out = Path(output) if output else None
     single_file = out is not None and out.suffix.lower() in WRITE_EXTENSIONS and not out.is_dir()
-    if single_file and len(inputs) > 1:
-        raise ConfigError(f"{len(inputs)} inputs cannot all be written to the one file {out}")
+    if single_file and len(sources) > 1:
+        raise UsageError(f"{len(sources)} inputs cannot all be written to the one file {out}")
+    if any(s.is_stream for s in sources) and not single_file:
+        raise UsageError("standard input needs -o FILE or -o - (standard output)")
     if out is not None and not single_file:
-        if out.exists() and not out.is_dir():
-            raise ImageError(f"output {out} exists and is not a folder")
-        if out.suffix and out.suffix.lower() not in WRITE_EXTENSIONS and not out.exists():
-            raise ImageError(f"cannot write {out}: unsupported image type {out.suffix}")
-        out.mkdir(parents=True, exist_ok=True)
-    jobs = []
-    for src in inputs:
-        if single_file:
-            dst = out
-        else:
-            name = src.stem + suffix + ("." + ext if ext else src.suffix)
-            dst = (out if out is not None else src.parent) / name
-        if dst.resolve() == src.resolve():
+        _check_output_folder(out)
+    jobs, existing = [], []
+    for src in sources:
+        dst = out if single_file else _output_path(src, out, suffix, ext)
+        if not src.is_stream and dst.resolve() == src.path.resolve():
             raise ImageError(f"output {dst} would replace its own input; choose another -o or --suffix")
         if dst.exists() and not overwrite:
-            raise ImageError(f"output {dst} exists; use --overwrite to replace it")
+            existing.append(dst)
+            if skip_existing:
+                continue
         jobs.append((src, dst))
+    if existing and not skip_existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise ImageError(f"output {existing[0]} exists{more}; use --overwrite to replace or --skip-existing to keep")
+    if existing:
+        log.warning("skipping %d of %d inputs whose output exists", len(existing), len(sources))
     names = [d.resolve() for _, d in jobs]
     if len(set(names)) != len(names):
-        raise ConfigError("two inputs would be written to the same output file; use distinct names")
+        raise UsageError("two inputs would be written to the same output file; use distinct names")
+    if out is not None and not single_file:
+        out.mkdir(parents=True, exist_ok=True)
     return jobs
+
+
+def _check_output_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ImageError(f"output {out} exists and is not a folder")
+    if out.suffix and out.suffix.lower() not in WRITE_EXTENSIONS and not out.exists():
+        raise ImageError(f"cannot write {out}: unsupported image type {out.suffix}")
+
+
+def _output_path(src: Source, out: Path | None, suffix: str, ext: str | None) -> Path:
+    name = src.path.stem + suffix + ("." + ext if ext else src.path.suffix)
+    if out is None:
+        return src.path.parent / name
+    inside = src.path.parent.relative_to(src.base) if src.base is not None else Path()
+    return out / inside / name
 
 
 def _progress(jobs, enabled: bool):

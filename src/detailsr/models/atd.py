@@ -41,9 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import ATTENTION_BACKENDS
 from ..errors import ConfigError
 from .base import SRNetwork
-from .layers import ATTENTION_BACKENDS, Upsampler
+from .layers import Upsampler
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 ACMSA_MAX_LOG_SCALE = math.log(100.0)  # AC-MSA's logit scale is clamped at ln 100 (multiplier 100)

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..choices import ATTENTION_BACKENDS
 from ..errors import ConfigError
-from .layers import ATTENTION_BACKENDS
 
 
 class SRNetwork(nn.Module):
@@ -48,6 +48,10 @@ class SRNetwork(nn.Module):
         for m in self.modules():
             if m is not self and hasattr(m, "set_ratio"):
                 m.set_ratio(ratio)
+
+    def current_ratio(self) -> Any:
+        """What `set_ratio` takes to restore the present routing setting."""
+        return self.ratio
 
     def condition_for(self, x: torch.Tensor) -> torch.Tensor | None:
         """An extra input map the network needs for the whole image `x` (None: it needs none).

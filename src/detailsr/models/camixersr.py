@@ -492,6 +492,9 @@ class ClassSRCAMixerSR(SRNetwork):
         for net, r in zip(self.branches, ratios, strict=True):
             net.set_ratio(r)
 
+    def current_ratio(self) -> float | tuple[float, float, float]:
+        return self.ratio if self.ratio is not None else self.branch_ratios
+
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax class probabilities (B, 3): branch 0 = net1 (cheapest ratio / width)."""
         return torch.softmax(self.classifier(x), dim=1)

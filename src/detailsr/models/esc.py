@@ -35,13 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import ALL_ATTENTION_BACKENDS
 from ..errors import CheckpointError, ConfigError
 from .base import SRNetwork
 from .layers import LayerNorm2d, attention, reflect_pad
 
 log = logging.getLogger(__name__)
 
-ATTENTION_TYPES = ("naive", "sdpa", "flex")
+ATTENTION_TYPES = ALL_ATTENTION_BACKENDS
 
 # Official hyper-parameters of every released variant (spec section 1), without the scale.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {

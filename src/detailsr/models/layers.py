@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import ATTENTION_BACKENDS
+
 
 class LayerNorm2d(nn.Module):
     """Layer norm over the channel dim of an NCHW tensor, computed literally.
@@ -78,7 +80,6 @@ class Upsampler(nn.Sequential):
         )
 
 
-ATTENTION_BACKENDS = ("naive", "sdpa")
 
 
 def attention(
