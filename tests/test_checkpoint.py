@@ -1,10 +1,16 @@
-"""Safe checkpoint reading: formats, wrappers, and every way a file can be wrong."""
+"""Safe checkpoint reading: formats, wrappers, and every way a file can be wrong.
 
+The real weights are those of the embedded default model (read by safetensors itself); only the
+official `.pth`'s own wrapping (`params` next to `params_ema`) is read from ../shared.
+"""
+
+import functools
 import pickle
 
 import pytest
 import torch
-from conftest import shared_file
+from conftest import default_model_file, shared_file
+from safetensors.torch import load_file
 
 import detailsr
 from detailsr.checkpoint import read_state_dict, save_state_dict
@@ -15,6 +21,23 @@ from detailsr.models.camixersr import CAMixerSR
 @pytest.fixture(scope="module")
 def official():
     return torch.load(shared_file("weights/CAMixerSR_S.pth"), weights_only=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _real_weights() -> dict:
+    """A real CAMixerSR-S x4 state dict: the embedded default model's tensors."""
+    return load_file(default_model_file())
+
+
+@pytest.fixture
+def real() -> dict:
+    return dict(_real_weights())
+
+
+def _truncated_pth(path) -> None:
+    """A real zip-format .pth of the real weights, cut off after 100 kB."""
+    torch.save(_real_weights(), path)
+    path.write_bytes(path.read_bytes()[:100_000])
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -33,18 +56,18 @@ def test_params_ema_is_preferred(official):
     lambda sd: {"state_dict": sd, "epoch": 3},
     lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}},
 ])
-def test_wrappers_and_module_prefix_are_unwrapped(tmp_path, official, wrap):
+def test_wrappers_and_module_prefix_are_unwrapped(tmp_path, real, wrap):
     path = tmp_path / "ckpt.pth"
-    torch.save(wrap(official["params_ema"]), path)
-    assert _same(read_state_dict(path), official["params_ema"])
+    torch.save(wrap(real), path)
+    assert _same(read_state_dict(path), real)
     assert detailsr.load_model(path).config["n_feats"] == 36
 
 
-def test_safetensors_round_trip(tmp_path, official):
+def test_safetensors_round_trip(tmp_path, real):
     path = tmp_path / "s.safetensors"
-    save_state_dict(official["params_ema"], path, {"arch": "camixersr"})
+    save_state_dict(real, path, {"arch": "camixersr"})
     net = detailsr.load_model(path)
-    assert _same(net.state_dict(), official["params_ema"])
+    assert _same(net.state_dict(), real)
 
 
 class _Evil:
@@ -54,8 +77,8 @@ class _Evil:
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_bytes(b""), "is empty"),
-    (lambda p: p.write_bytes(shared_file("weights/CAMixerSR_S.pth").read_bytes()[:100_000]), "corrupt or truncated"),
-    (lambda p: p.write_text("not a checkpoint at all\n"), "refusing to unpickle|corrupt"),
+    (_truncated_pth, "corrupt or truncated"),
+    (lambda p: p.write_text("not a checkpoint at all\n"), r"not a PyTorch \(\.pth\) or safetensors file"),
     (lambda p: p.write_bytes(pickle.dumps({"params": _Evil()})), "refusing to unpickle"),
     (lambda p: torch.save({"note": "no tensors"}, p), "contains no tensors"),
     (lambda p: torch.save([torch.zeros(2)], p), "not a state dict"),
@@ -74,6 +97,14 @@ def test_corrupt_safetensors(tmp_path):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(CheckpointError, match="not a valid safetensors"):
         read_state_dict(path)
+
+
+def test_truncated_safetensors(tmp_path):
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(default_model_file().read_bytes()[:100_000])
+    with pytest.raises(CheckpointError, match="not a valid safetensors") as info:
+        read_state_dict(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_missing_file_and_unknown_name():

@@ -343,3 +343,25 @@ def test_models_lists_the_zoo():
     for fragment in ("camixersr-s-x4", "351,238", "Apache-2.0", "embedded", "camixersr-odi-x4",
                      "29.12/26.26/27.73/33.66"):
         assert fragment in result.stdout
+
+
+def test_every_command_runs_offline_on_the_embedded_default(tmp_path):
+    """No -m, an empty cache, downloads forbidden: upscale, eval, flops, bench and mask all work."""
+    env = {"DETAILSR_CACHE": str(tmp_path / "cache"), "DETAILSR_OFFLINE": "1"}
+    hr = np.asarray(crop(h=32, w=32))
+    (tmp_path / "set" / "HR").mkdir(parents=True)
+    Image.fromarray(hr).save(tmp_path / "set" / "HR" / "a.png")
+    lr = tmp_path / "lr.png"
+    crop(h=16, w=16).save(lr)
+    runs = {
+        "upscale": detailsr("upscale", lr, "-q", env=env),
+        "eval": detailsr("eval", "-d", tmp_path / "set", "-s", "4", "-q", env=env),
+        "flops": detailsr("flops", "--size", "16x16", env=env),
+        "bench": detailsr("bench", "--size", "16x16", "--runs", "1", "--warmup", "0", env=env),
+        "mask": detailsr("mask", lr, "-o", tmp_path / "mask.png", env=env),
+    }
+    for name, result in runs.items():
+        assert result.returncode == 0, (name, result.stderr)
+    assert "351,238" in runs["flops"].stdout and "default" in runs["bench"].stdout
+    assert (tmp_path / "lr_x4.png").exists() and (tmp_path / "mask.png").exists()
+    assert not (tmp_path / "cache").exists()

@@ -1,11 +1,34 @@
-"""`detailsr eval`, `flops` and `bench` end to end on real data."""
+"""`detailsr eval`, `flops` and `bench` end to end: the official Set5 numbers on ../shared's data and
+checkpoint; the mechanics on a tiny dataset made from a project photo, with the embedded model."""
 
 import json
-import shutil
+from pathlib import Path
 
+import cv2
 import pytest
+from conftest import default_model_file, photo, shared_file
 from conftest import run_cli as detailsr
-from conftest import shared_file
+
+from detailsr.resize import bicubic_downscale
+
+
+def _photo_crop(path: Path):
+    """A 64x64 crop of a real photo (the cup's rim and the coffee), BGR, written to `path` as PNG."""
+    crop = cv2.imread(str(photo("coffee")), cv2.IMREAD_COLOR)[30:94, 90:154]
+    assert crop.shape == (64, 64, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), crop)
+    return crop
+
+
+def _mini_dataset(folder: Path, shipped_lr: bool = False) -> Path:
+    """A one-image x4 dataset: HR/cup.png (64x64, a multiple of 4), with shipped_lr also
+    LR_bicubic/X4/cupx4.png made by MATLAB-compatible bicubic, as benchmark sets ship it."""
+    hr = _photo_crop(folder / "HR" / "cup.png")
+    if shipped_lr:
+        (folder / "LR_bicubic" / "X4").mkdir(parents=True)
+        assert cv2.imwrite(str(folder / "LR_bicubic" / "X4" / "cupx4.png"), bicubic_downscale(hr, 4))
+    return folder
 
 
 @pytest.mark.slow
@@ -27,19 +50,13 @@ def test_eval_prints_the_official_set5_psnr(tmp_path):
 
 
 def test_eval_makes_lr_from_hr_when_not_shipped(tmp_path):
-    # a dataset with HR only: LR is made by MATLAB bicubic, which reproduces the shipped files
-    data = tmp_path / "Mini"
-    (data / "HR").mkdir(parents=True)
-    shutil.copy(shared_file("datasets/Set5/HR/butterfly.png"), data / "HR")
-    shipped = tmp_path / "Shipped"
-    (shipped / "HR").mkdir(parents=True)
-    (shipped / "LR_bicubic" / "X4").mkdir(parents=True)
-    shutil.copy(shared_file("datasets/Set5/HR/butterfly.png"), shipped / "HR")
-    shutil.copy(shared_file("datasets/Set5/LR_bicubic/X4/butterflyx4.png"), shipped / "LR_bicubic" / "X4")
+    # a dataset with HR only: LR is made by MATLAB bicubic, the recipe of the shipped files
+    data = _mini_dataset(tmp_path / "Mini")
+    shipped = _mini_dataset(tmp_path / "Shipped", shipped_lr=True)
     outputs = []
     for folder in (data, shipped):
         report = tmp_path / f"{folder.name}.json"
-        result = detailsr("eval", "-m", shared_file("weights/CAMixerSR_S.pth"), "-d", folder, "-s", "4",
+        result = detailsr("eval", "-m", default_model_file(), "-d", folder, "-s", "4",
                           "--ratio", "0", "--json", report, "-q")
         assert result.returncode == 0, result.stderr
         outputs.append(json.loads(report.read_text())["datasets"][folder.name]["psnr"])
@@ -47,26 +64,26 @@ def test_eval_makes_lr_from_hr_when_not_shipped(tmp_path):
 
 
 def test_eval_bad_arguments(tmp_path):
-    model = shared_file("weights/CAMixerSR_S.pth")
-    wrong_scale = detailsr("eval", "-m", model, "-d", shared_file("datasets/Set5"), "-s", "2")
+    model = default_model_file()
+    wrong_scale = detailsr("eval", "-m", model, "-d", _mini_dataset(tmp_path / "Mini"), "-s", "2")
     assert wrong_scale.returncode == 1 and "upscales by 4, not 2" in wrong_scale.stderr
     no_hr = detailsr("eval", "-m", model, "-d", tmp_path, "-s", "4")
     assert no_hr.returncode == 1 and "has no HR/ folder" in no_hr.stderr
 
 
-def test_flops_command():
-    result = detailsr("flops", "-m", shared_file("weights/CAMixerSR_S.pth"), "--size", "32x32", "--ratio", "0.5")
+def test_flops_command(tmp_path):
+    result = detailsr("flops", "-m", default_model_file(), "--size", "32x32", "--ratio", "0.5")
     assert result.returncode == 0, result.stderr
     assert "351,238" in result.stdout
     assert "nominal      0.6535 GFLOPs" in result.stdout  # 653.5M, spec section 9
-    image = detailsr("flops", "-m", shared_file("weights/CAMixerSR_S.pth"),
-                     "--image", shared_file("datasets/Set5/LR_bicubic/X4/butterflyx4.png"))
+    _photo_crop(tmp_path / "lr.png")
+    image = detailsr("flops", "-m", default_model_file(), "--image", tmp_path / "lr.png")
     assert image.returncode == 0 and "64x64 LR -> 256x256" in image.stdout
 
 
 def test_bench_command_interleaves_cases(tmp_path):
     report = tmp_path / "b.json"
-    result = detailsr("bench", "-m", shared_file("weights/CAMixerSR_S.pth"), "--size", "32x32",
+    result = detailsr("bench", "-m", default_model_file(), "--size", "32x32",
                       "--ratio", "1", "0", "--runs", "2", "--threads", "1", "--json", report)
     assert result.returncode == 0, result.stderr
     data = json.loads(report.read_text())

@@ -1,8 +1,9 @@
 """detailsr.imageio: every format variant built from real images, checked against an independent decoder.
 
-Sources are small crops of Set5/Set14 images (../shared, read-only). Each variant is written into
-tmp_path with Pillow or OpenCV, read back with `read_image`, and compared with Pillow's own decoding
-or with the numpy array it was made from: exactly for lossless formats, within a tolerance for JPEG.
+Sources are small crops of the project's CC0 photos (tests/data/images, examples/). Each variant is
+written into tmp_path with Pillow or OpenCV, read back with `read_image`, and compared with Pillow's
+own decoding or with the numpy array it was made from: exactly for lossless formats, within a
+tolerance for JPEG.
 """
 
 import io
@@ -15,13 +16,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import shared_file
+from conftest import photo
 from PIL import Image, ImageOps
 
+from detailsr.choices import READ_EXTENSIONS
 from detailsr.errors import ImageError
 from detailsr.imageio import (
     DEFAULT_MAX_PIXELS,
-    READ_EXTENSIONS,
     WRITE_EXTENSIONS,
     LoadedImage,
     from_tensor,
@@ -30,28 +31,29 @@ from detailsr.imageio import (
     write_image,
 )
 
-BOX = (96, 96, 168, 152)  # 72 x 56: small, detailed, and not square so that rotations show
+# 72 x 56 boxes (left, upper, right, lower): small, detailed, and not square so that rotations show
+BOXES = {"chelsea": (60, 40, 132, 96), "camera": (28, 24, 100, 80), "coffee": (114, 60, 186, 116)}
 
 
-def _crop(relative: str, mode: str) -> np.ndarray:
-    with Image.open(shared_file(relative)) as image:
-        return np.asarray(image.convert(mode).crop(BOX))
+def _crop(name: str, mode: str) -> np.ndarray:
+    with Image.open(photo(name)) as image:
+        return np.asarray(image.convert(mode).crop(BOXES[name]))
 
 
 @pytest.fixture
 def rgb() -> np.ndarray:
-    return _crop("datasets/Set5/HR/butterfly.png", "RGB")
+    return _crop("chelsea", "RGB")  # the cat's eye and fur
 
 
 @pytest.fixture
 def gray() -> np.ndarray:
-    return _crop("datasets/Set14/HR/bridge.png", "L")
+    return _crop("camera", "L")  # the photographer's face, hand and camera
 
 
 @pytest.fixture
 def alpha() -> np.ndarray:
     """A real, varying alpha channel (the luminance of another photograph) with a clear stripe."""
-    matte = _crop("datasets/Set5/HR/baby.png", "L").copy()
+    matte = _crop("coffee", "L").copy()  # the cup's rim and the coffee
     matte[:, :6] = 0
     matte[:, -6:] = 255
     return matte
@@ -104,7 +106,7 @@ def _cv2_save(path: Path, array: np.ndarray) -> Path:
 
 
 def test_real_rgb_png_matches_pillow():
-    path = shared_file("datasets/Set5/HR/baby.png")
+    path = photo("chelsea")
     loaded = read_image(path)
     assert isinstance(loaded, LoadedImage)
     assert loaded.pixels.dtype == np.uint8 and loaded.pixels.flags.c_contiguous
@@ -113,7 +115,7 @@ def test_real_rgb_png_matches_pillow():
 
 
 def test_real_gray_png_is_three_channels_and_marked_gray():
-    path = shared_file("datasets/Set14/HR/bridge.png")
+    path = photo("camera")
     loaded = read_image(str(path))
     reference = _pillow_decoded(path, "L")
     assert loaded.pixels.shape == (*reference.shape, 3) and loaded.grayscale
@@ -285,7 +287,7 @@ def test_several_frames_use_the_first_with_a_warning(tmp_path, rgb, caplog):
 def _bad_input(case: str, folder: Path, rgb: np.ndarray, alpha: np.ndarray) -> tuple[Path, dict]:
     """Build one broken input; return its path and the read_image keyword arguments."""
     path = folder / f"{case}.png"
-    butterfly = shared_file("datasets/Set5/HR/butterfly.png").read_bytes()
+    real = photo("chelsea").read_bytes()  # a real PNG as an encoder wrote it
     if case == "missing":
         return path, {}
     if case == "folder":
@@ -295,11 +297,11 @@ def _bad_input(case: str, folder: Path, rgb: np.ndarray, alpha: np.ndarray) -> t
     elif case == "text":
         path.write_text("this is a text file, not a PNG\n")
     elif case == "truncated-png":
-        path.write_bytes(butterfly[: len(butterfly) // 2])
+        path.write_bytes(real[: len(real) // 2])
     elif case == "png-without-end":
-        path.write_bytes(butterfly[:-12])
+        path.write_bytes(real[:-12])
     elif case == "corrupt-png":
-        damaged = bytearray(butterfly)
+        damaged = bytearray(real)
         damaged[len(damaged) // 2 : len(damaged) // 2 + 64] = bytes(64)
         path.write_bytes(bytes(damaged))
     elif case in ("truncated-jpeg", "truncated-webp", "truncated-rgba-tiff"):

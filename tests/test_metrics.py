@@ -10,6 +10,10 @@ BasicSR's ``filter2D(...)[5:-5, 5:-5]`` valid part, where padding plays no role.
 returned mean, on the *same* border-cropped (``crop_border``) array, is the same number with no
 further cropping; with ``full=True``, ``S[5:-5, 5:-5]`` equals our map point by point. For RGB,
 ``channel_axis=2`` averages the per-channel means, as BasicSR does.
+
+Real images: the cross-checks run over benchmark images and ODI panoramas from ../shared, and over
+the project's CC0 photos so that they also run in any clone; the tests of the metrics' mechanics
+use the photos only.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import math
 import cv2
 import numpy as np
 import pytest
-from conftest import shared_file
+from conftest import photo, shared_file
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -33,15 +37,26 @@ SSIM_TOL = 1e-5
 
 
 def _read(relative: str) -> np.ndarray:
-    img = cv2.imread(str(shared_file(relative)), cv2.IMREAD_UNCHANGED)
-    assert img is not None, relative
+    return _read_file(shared_file(relative))
+
+
+def _read_file(path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert img is not None, path
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.ndim == 3 else img
 
 
 def _sr_pair(set_name: str, name: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """A realistic (prediction, ground truth): cv2 bicubic upscale of the shipped LR, mod-cropped HR."""
-    hr = mod_crop(_read(f"datasets/{set_name}/HR/{name}.png"), scale)
-    lr = _read(f"datasets/{set_name}/LR_bicubic/X{scale}/{name}x{scale}.png")
+    """A realistic (prediction, ground truth): cv2 bicubic upscale of the shipped LR, mod-cropped HR.
+
+    `set_name` "photo": a project photo, its LR made with cv2 (area averaging) from the mod-cropped HR.
+    """
+    if set_name == "photo":
+        hr = mod_crop(_read_file(photo(name)), scale)
+        lr = cv2.resize(hr, (hr.shape[1] // scale, hr.shape[0] // scale), interpolation=cv2.INTER_AREA)
+    else:
+        hr = mod_crop(_read(f"datasets/{set_name}/HR/{name}.png"), scale)
+        lr = _read(f"datasets/{set_name}/LR_bicubic/X{scale}/{name}x{scale}.png")
     sr = cv2.resize(lr, (lr.shape[1] * scale, lr.shape[0] * scale), interpolation=cv2.INTER_CUBIC)
     assert sr.shape == hr.shape
     return sr, hr
@@ -60,6 +75,8 @@ PAIRS = [
     ("Set14", "comic"),
     ("B100", "3096"),
     ("B100", "101085"),  # portrait
+    ("photo", "chelsea"),
+    ("photo", "camera"),  # gray
 ]
 PAIR_CASES = [pytest.param(s, n, k, id=f"{s}-{n}-x{k}") for s, n in PAIRS for k in (2, 3, 4)]
 
@@ -86,7 +103,7 @@ def test_rgb_metrics_match_skimage(set_name: str, name: str, scale: int) -> None
 
 
 def test_ssim_map_is_skimages_map_without_its_padded_border() -> None:
-    sr, hr = _sr_pair("Set5", "bird", 4)
+    sr, hr = _sr_pair("photo", "coffee", 4)
     y_sr, y_hr = rgb_to_y(sr), rgb_to_y(hr)
     _, full = structural_similarity(y_hr, y_sr, full=True, **SKIMAGE_SSIM)
     ours = _ssim_map(y_sr, y_hr, 255.0)
@@ -95,7 +112,7 @@ def test_ssim_map_is_skimages_map_without_its_padded_border() -> None:
 
 
 def test_evaluate_y_protocol_crops_the_scale() -> None:
-    sr, hr = _sr_pair("Set14", "lenna", 3)
+    sr, hr = _sr_pair("photo", "coffee", 3)
     result = evaluate(sr, hr, 3)
     y_sr, y_hr = _skimage_y(sr)[3:-3, 3:-3], _skimage_y(hr)[3:-3, 3:-3]
     assert set(result) == {"psnr", "ssim"}
@@ -104,7 +121,7 @@ def test_evaluate_y_protocol_crops_the_scale() -> None:
 
 
 def test_evaluate_rgb_and_ws_protocols() -> None:
-    sr, hr = _erp_pair()
+    sr, hr = _photo_erp_pair()
     rgb = evaluate(sr, hr, 4, protocol="rgb")
     assert rgb == {"psnr": psnr(sr, hr), "ssim": ssim(sr, hr)}
     ws = evaluate(sr, hr, 4, protocol="ws")
@@ -153,7 +170,7 @@ def test_psnr_crop_border_ignores_the_border() -> None:
 
 def test_uint16_uses_its_own_peak() -> None:
     # Scaling 8-bit values by 257 maps 255 to 65535: the same image, so the same PSNR and SSIM.
-    sr, hr = _sr_pair("Set5", "head", 4)
+    sr, hr = _sr_pair("photo", "chelsea", 4)
     sr16, hr16 = sr.astype(np.uint16) * 257, hr.astype(np.uint16) * 257
     assert psnr(sr16, hr16) == pytest.approx(psnr(sr, hr), abs=1e-9)
     assert ssim(sr16, hr16) == pytest.approx(ssim(sr, hr), abs=1e-9)
@@ -161,7 +178,7 @@ def test_uint16_uses_its_own_peak() -> None:
 
 
 def test_ssim_identity_and_gray() -> None:
-    sr, hr = _sr_pair("Set14", "bridge", 2)
+    sr, hr = _sr_pair("photo", "camera", 2)  # gray
     assert ssim(hr, hr) == pytest.approx(1.0, abs=1e-12)
     assert ssim(sr, hr) == pytest.approx(ssim(np.stack([sr] * 3, -1), np.stack([hr] * 3, -1)), abs=1e-12)
 
@@ -184,9 +201,20 @@ def test_mismatched_inputs_are_config_errors() -> None:
 # --- WS-PSNR / WS-SSIM ------------------------------------------------------------------
 
 
-def _erp_pair(name: str = "bedroom_horizonnet.png", width: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """A small 2:1 ERP ground truth and a x4 bicubic prediction of it (cv2 only)."""
-    img = _read(f"datasets/ODI/{name}")
+def _erp_pair(name: str, width: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A small 2:1 ERP ground truth (an ODI panorama) and a x4 bicubic prediction of it (cv2 only)."""
+    return _small_2_to_1_pair(_read(f"datasets/ODI/{name}"), width)
+
+
+def _photo_erp_pair(name: str = "coffee", width: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """The same from a project photo: its central 2:1 band stands in for a panorama."""
+    img = _read_file(photo(name))
+    rows = img.shape[1] // 2
+    top = (img.shape[0] - rows) // 2
+    return _small_2_to_1_pair(img[top : top + rows], width)
+
+
+def _small_2_to_1_pair(img: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     hr = cv2.resize(img, (width, width // 2), interpolation=cv2.INTER_AREA)
     lr = cv2.resize(hr, (width // 4, width // 8), interpolation=cv2.INTER_AREA)
     sr = cv2.resize(lr, (width, width // 2), interpolation=cv2.INTER_CUBIC)
@@ -245,7 +273,7 @@ def test_ws_ssim_matches_direct_formula_with_recomputed_weights(name: str) -> No
 
 
 def test_ws_metrics_crop_and_y_channel() -> None:
-    sr, hr = _erp_pair("bathroom_lgtnet.png")
+    sr, hr = _photo_erp_pair("chelsea")
     c = 4
     y_sr, y_hr = _skimage_y(sr)[c:-c, c:-c], _skimage_y(hr)[c:-c, c:-c]
     assert ws_psnr(sr, hr, c, y_channel=True) == pytest.approx(_direct_ws_psnr(y_sr, y_hr), abs=1e-9)
@@ -255,7 +283,7 @@ def test_ws_metrics_crop_and_y_channel() -> None:
 
 def test_ws_psnr_equals_psnr_for_an_error_constant_across_rows() -> None:
     # Every sample off by exactly 3: each row has the same mse, so the weights cancel out.
-    _, hr = _erp_pair()
+    _, hr = _photo_erp_pair()
     sign = np.where(hr < 128, 3, -3)
     sr = (hr.astype(np.int16) + sign).astype(np.uint8)
     expected = 20 * math.log10(255 / 3)
@@ -266,14 +294,14 @@ def test_ws_psnr_equals_psnr_for_an_error_constant_across_rows() -> None:
 def test_ws_ssim_equals_ssim_when_every_row_is_the_same() -> None:
     # An image that does not vary down its height has the same SSIM map row, so any row weights
     # give the plain mean.
-    sr, hr = _erp_pair()
+    sr, hr = _photo_erp_pair()
     sr_rows, hr_rows = np.repeat(sr[30:31], 40, axis=0), np.repeat(hr[30:31], 40, axis=0)
     assert ws_ssim(sr_rows, hr_rows) == pytest.approx(ssim(sr_rows, hr_rows), abs=1e-12)
     assert ws_psnr(sr_rows, hr_rows) == pytest.approx(psnr(sr_rows, hr_rows), abs=1e-9)
 
 
 def test_ws_psnr_weights_the_equator_more_than_the_poles() -> None:
-    _, hr = _erp_pair()
+    _, hr = _photo_erp_pair()
     rows = hr.shape[0]
     polar, equatorial = hr.astype(np.int16), hr.astype(np.int16)
     polar[0] += np.where(hr[0] < 128, 20, -20)
@@ -285,13 +313,13 @@ def test_ws_psnr_weights_the_equator_more_than_the_poles() -> None:
 
 def test_ws_metrics_are_symmetric_under_a_vertical_flip() -> None:
     # cos latitude weights are symmetric about the equator.
-    sr, hr = _erp_pair("park_360sr.png")
+    sr, hr = _photo_erp_pair("chelsea")
     assert ws_psnr(sr[::-1], hr[::-1]) == pytest.approx(ws_psnr(sr, hr), abs=1e-9)
     assert ws_ssim(sr[::-1], hr[::-1]) == pytest.approx(ws_ssim(sr, hr), abs=1e-9)
 
 
 def test_ws_metrics_on_gray() -> None:
-    sr, hr = _erp_pair()
+    sr, hr = _photo_erp_pair()
     gray_sr, gray_hr = sr[..., 1], hr[..., 1]
     assert ws_psnr(gray_sr, gray_hr) == pytest.approx(_direct_ws_psnr(gray_sr, gray_hr), abs=1e-9)
     assert ws_ssim(gray_sr, gray_hr) == pytest.approx(_direct_ws_ssim(gray_sr, gray_hr), abs=1e-9)

@@ -1,8 +1,9 @@
 """MATLAB-compatible bicubic: the shipped benchmark LR files, the recipe's details, the API edges.
 
 The acceptance is bit-exactness against every LR file under ../shared/datasets (made with MATLAB
-``imresize``, see its README); the smaller tests pin down the recipe steps with an independent,
-deliberately naive re-statement of the README text (``_reference_1d``).
+``imresize``, see its README), and the README's Set5 X8 facts; the smaller tests pin down the recipe
+steps with an independent, deliberately naive re-statement of the README text (``_reference_1d``), on
+synthetic arrays and on the project's CC0 photos, so that they run in any clone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED, shared_file
+from conftest import SHARED, photo, shared_file
 
 from detailsr.errors import ConfigError
 from detailsr.resize import _contributions, _round_half_away, bicubic_downscale, imresize, mod_crop
@@ -93,6 +94,23 @@ def test_set5_x8_variants_differ_by_at_most_the_documented_2() -> None:
         diff = bicubic_downscale(hr, 8, round_once=True).astype(np.int16) - bicubic_downscale(hr, 8)
         worst = max(worst, int(np.abs(diff).max()))
     assert worst == 2  # README: "not reproduced by the recipe (max diff 2)"
+
+
+@pytest.mark.parametrize("name", ["chelsea", "camera"])
+def test_x8_variants_of_a_photo_match_the_naive_reference(name: str) -> None:
+    # The mechanics of the Set5 X8 test on a project photo (RGB 150x226, gray 128x128): mod-crop,
+    # then two passes rounded after each (stock) or once at the end (round_once).
+    img = cv2.imread(str(photo(name)), cv2.IMREAD_UNCHANGED)
+    h, w = img.shape[:2]
+    two_pass = bicubic_downscale(img, 8)
+    once = bicubic_downscale(img, 8, round_once=True)
+    assert two_pass.shape == once.shape == (h // 8, w // 8, *img.shape[2:])
+    cropped = np.atleast_3d(img[: h // 8 * 8, : w // 8 * 8])  # the top-left crop, written out
+    for c in range(cropped.shape[2]):
+        reference = _reference_2d(cropped[..., c], h // 8, w // 8, to_uint8=True).astype(np.uint8)
+        np.testing.assert_array_equal(np.atleast_3d(two_pass)[..., c], reference)
+        reference = _matlab_uint8(_reference_2d(cropped[..., c], h // 8, w // 8, to_uint8=False))
+        np.testing.assert_array_equal(np.atleast_3d(once)[..., c], reference)
 
 
 def _matlab_uint8(values: np.ndarray) -> np.ndarray:

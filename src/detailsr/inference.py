@@ -141,6 +141,8 @@ def run(
         raise ConfigError(f"tile must be a positive number of pixels, got {tile}")
     if tile_overlap < 0:
         raise ConfigError(f"tile overlap must not be negative, got {tile_overlap}")
+    if tile is not None and tile <= tile_overlap:
+        raise ConfigError(f"tile {tile} must be larger than the tile overlap {tile_overlap}")
     device = next(net.parameters()).device
     with ratio_setting(net, ratio):
         h, w = x.shape[-2:]
@@ -212,19 +214,34 @@ def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     return starts + [length - tile]
 
 
-def _ramp(length: int, tile_len: int, start: int, overlap: int, scale: int, blend: str) -> torch.Tensor:
-    """1-D weights of one tile in output pixels: linear ramps where a neighbour overlaps it."""
-    n = tile_len * scale
+def tile_weights(starts: list[int], index: int, tile: int, scale: int, blend: str) -> torch.Tensor:
+    """1-D blending weights of tile `index` (starting at `starts[index]`), in output pixels.
+
+    "feather": across each overlap with a neighbour the two tiles' weights are complementary (they
+    add up to 1): the outer quarter of the overlap on each side belongs to the tile that has context
+    there, and the middle half is a linear cross-fade. A tile's own border pixels, which saw the
+    least context, thus never count. "average": ones everywhere (plain averaging).
+    """
+    n = tile * scale
     weight = torch.ones(n)
-    if blend == "average" or overlap == 0:
+    if blend == "average":
         return weight
-    ramp_len = min(overlap * scale, n)
-    ramp = (torch.arange(ramp_len, dtype=torch.float32) + 0.5) / ramp_len
-    if start > 0:
-        weight[:ramp_len] = ramp
-    if start + tile_len < length:
-        weight[n - ramp_len:] = torch.minimum(weight[n - ramp_len:], ramp.flip(0))
+    start = starts[index]
+    if index > 0:
+        ramp = _cross_fade((starts[index - 1] + tile - start) * scale)
+        weight[: len(ramp)] = ramp
+    if index < len(starts) - 1:
+        ramp = _cross_fade((start + tile - starts[index + 1]) * scale).flip(0)
+        weight[n - len(ramp) :] = torch.minimum(weight[n - len(ramp) :], ramp)
     return weight
+
+
+def _cross_fade(length: int) -> torch.Tensor:
+    """Weights rising from 0 to 1 across an overlap of `length` pixels: 0 on the first quarter, a
+    linear ramp on the middle half, 1 on the last quarter (pixel centres at p + 0.5)."""
+    margin = length / 4
+    p = torch.arange(length, dtype=torch.float32) + 0.5
+    return ((p - margin) / (length - 2 * margin)).clamp_(0, 1)
 
 
 def _tiled(net, x, condition, tile, overlap, blend, progress, device):
@@ -233,16 +250,17 @@ def _tiled(net, x, condition, tile, overlap, blend, progress, device):
     th, tw = min(tile, h), min(tile, w)
     overlap = min(overlap, th - 1, tw - 1) if blend == "feather" else overlap
     tops, lefts = tile_origins(h, th, overlap), tile_origins(w, tw, overlap)
+    row_weights = [tile_weights(tops, i, th, s, blend) for i in range(len(tops))]
+    col_weights = [tile_weights(lefts, i, tw, s, blend) for i in range(len(lefts))]
     out = torch.zeros(n, 3, h * s, w * s)
     weights = torch.zeros(1, 1, h * s, w * s)
-    boxes = [(t, lf) for t in tops for lf in lefts]
-    for top, left in _progress(boxes, progress, "tiles"):
+    boxes = [(i, j) for i in range(len(tops)) for j in range(len(lefts))]
+    for i, j in _progress(boxes, progress, "tiles"):
+        top, left = tops[i], lefts[j]
         box = (slice(None), slice(None), slice(top, top + th), slice(left, left + tw))
         part = None if condition is None else condition[box].to(device)
         y = forward_any_size(net, x[box].to(device), part).float().cpu()
-        wy = _ramp(h, th, top, overlap, s, blend)
-        wx = _ramp(w, tw, left, overlap, s, blend)
-        wgt = (wy[:, None] * wx[None, :])[None, None]
+        wgt = (row_weights[i][:, None] * col_weights[j][None, :])[None, None]
         out[:, :, top * s : (top + th) * s, left * s : (left + tw) * s] += y * wgt
         weights[:, :, top * s : (top + th) * s, left * s : (left + tw) * s] += wgt
     return out / weights
