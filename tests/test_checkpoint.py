@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import detailsr
 from detailsr.checkpoint import read_state_dict, save_state_dict
-from detailsr.errors import CheckpointError
+from detailsr.errors import CheckpointError, ConfigError
 from detailsr.models.camixersr import CAMixerSR
 
 
@@ -119,3 +119,22 @@ def test_state_dict_in_memory():
     loaded = detailsr.load_model(net.state_dict())
     assert loaded.config == {"n_feats": 24, "n_block": [1, 2], "scale": 3}
     assert _same(loaded.state_dict(), net.state_dict())
+
+
+def test_an_unknown_hyper_parameter_is_named_before_building():
+    with pytest.raises(ConfigError, match="camixersr has no hyper-parameter window; it takes n_feats"):
+        detailsr.load_model(default_model_file(), window=8)
+
+
+def test_an_error_inside_a_constructor_is_not_taken_for_another_family(monkeypatch):
+    """A bug in a network's constructor surfaces as itself, not as "no builder" or a bad setting."""
+    from detailsr.models import camixersr
+
+    class Broken(camixersr.CAMixerSR):
+        def __init__(self, **config):
+            super().__init__(**config)
+            raise KeyError("a bug in the constructor")
+
+    monkeypatch.setitem(camixersr.ARCHITECTURES, "camixersr", Broken)
+    with pytest.raises(KeyError, match="a bug in the constructor"):
+        detailsr.load_model(default_model_file())
