@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--tile {args.tile} must be larger than --tile-overlap {args.tile_overlap}")
     sources = expand_inputs(args.inputs, args.recursive, args.suffix, args.output)
     net = load_from_args(args)
-    check_scale(args, net)
+    check_model_fits(args, net)
     jobs = plan_outputs(sources, args.output, output_suffix(args, net), args.ext, args.overwrite,
                         args.skip_existing)
     failures = 0
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def check_scale(args: argparse.Namespace, net) -> None:
+def check_model_fits(args: argparse.Namespace, net) -> None:
     if args.scale is not None and args.scale != net.scale:
         raise ConfigError(f"the model upscales by {net.scale}, not {args.scale}; "
                           f"use --outscale {args.scale} to resize its output to x{args.scale}")
@@ -112,18 +112,19 @@ def output_suffix(args: argparse.Namespace, net) -> str:
 
 def upscale_file(src: Source, dst: Path | None, net, args: argparse.Namespace) -> None:
     """Upscale one input; dst None: standard output."""
+    import numpy as np
+
     from ..imageio import decode_image, encode_image, read_image, write_bytes_atomic
-    from ..inference import output_size, resize_output, upscale, upscale_alpha
+    from ..inference import upscale
 
     if src.is_stream:
         image = decode_image(sys.stdin.buffer.read(), "standard input", max_pixels=args.max_pixels)
     else:
         image = read_image(src.path, max_pixels=args.max_pixels)
-    pixels = upscale(image.pixels, net, ratio=args.ratio, tile=args.tile, tile_overlap=args.tile_overlap,
-                     outscale=args.outscale, progress=show_progress(args))
-    alpha = None if image.alpha is None else upscale_alpha(image.alpha, net.scale)
-    if alpha is not None and args.outscale is not None:
-        alpha = resize_output(alpha[:, :, None], *output_size(image.alpha.shape, args.outscale))[:, :, 0]
+    rgba = image.pixels if image.alpha is None else np.dstack([image.pixels, image.alpha])
+    out = upscale(rgba, net, ratio=args.ratio, tile=args.tile, tile_overlap=args.tile_overlap,
+                  outscale=args.outscale, progress=show_progress(args))
+    pixels, alpha = out[:, :, :3], (None if image.alpha is None else out[:, :, 3])
     if dst is None:
         ext = args.ext or (src.path.suffix if not src.is_stream else "png")
         sys.stdout.buffer.write(encode_image(pixels, ext, alpha, image.grayscale, "standard output"))
