@@ -359,7 +359,7 @@ def test_recorded_work_of_each_mixer():
         net(torch.rand(1, 3, 19, 27))  # padded to 32 x 32: N = 1024 tokens, 4 windows
     mixers = net.mixers()
     assert all(len(m) == 6 for m in mixers.values())
-    win, aca, td = mixers["attn_win"][0].work, mixers["attn_aca"][0].work, mixers["attn_atd"][0].work
+    win, aca, td = (mixers[name][0].record.work for name in ("attn_win", "attn_aca", "attn_atd"))
     assert (win.queries, win.keys, win.groups) == (1024, 256, 4)
     assert win.macs == 1024 * (2 * 256 * 24 + 24 * 24)
     assert (aca.queries, aca.keys, aca.groups) == (1024, 100, 11)  # 11 groups of 100, the last padded

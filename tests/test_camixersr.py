@@ -172,9 +172,9 @@ def test_routing_follows_the_ratio_and_is_exposed(small_net):
     with torch.no_grad():
         small_net(x)
     for mixer in small_net.mixers():
-        assert mixer.routing.grid == (3, 4)
-        assert mixer.routing.keep.shape == (1, 6)
-        assert mixer.routing.mask().sum() == 6
+        assert mixer.record.grid == (3, 4)
+        assert mixer.record.keep.shape == (1, 6)
+        assert mixer.record.window_mask().sum() == 6
 
 
 @pytest.mark.parametrize("size", [(16, 16), (17, 31), (37, 53), (64, 20)])

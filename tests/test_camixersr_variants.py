@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import detailsr
 from detailsr.errors import ConfigError
 from detailsr.models import camixersr as cs
-from detailsr.models.camixer import CAMixerODI, Routing, deterministic_k, window_condition
+from detailsr.models.camixer import CAMixerODI, deterministic_k, window_condition
 from detailsr.models.camixersr import (
     CAMixerOSR,
     CAMixerSR,
@@ -28,6 +28,7 @@ from detailsr.models.camixersr import (
     latitude_condition,
     modulated_deform_conv2d,
 )
+from detailsr.models.record import MixerRecord
 
 
 def n_params(module) -> int:
@@ -230,8 +231,8 @@ def test_odi_eval_shapes_repeatability_and_no_rng_use():
     assert torch.equal(y1, y2)
     assert torch.equal(y_none, y_zero)
     for m in net.mixers():
-        assert isinstance(m.routing, Routing)
-        assert m.routing.grid == (2, 3) and m.routing.keep.shape == (3, deterministic_k(6, 0.5))
+        assert isinstance(m.record, MixerRecord)
+        assert m.record.grid == (2, 3) and m.record.keep.shape == (3, deterministic_k(6, 0.5))
     assert [m.shift for m in net.mixers()] == [0, 8, 0, 8]
 
 
@@ -298,11 +299,11 @@ def test_odi_mixer_gather_equals_dense_reference(shift, ratio, backend):
     x, cond = mixer_inputs()
     with torch.no_grad():
         gathered = m(x, cond)
-        keep = m.routing.keep
+        keep = m.record.keep
         m.dense_reference = True
         dense = m(x, cond)
-    assert torch.equal(m.routing.keep, keep)
-    assert m.routing.shift == shift
+    assert torch.equal(m.record.keep, keep)
+    assert m.record.shift == shift
     torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
 
 
@@ -370,7 +371,7 @@ def test_odi_mixer_deterministic_ties_keep_raster_order():
         m(x, cond)
     k = deterministic_k(9, 0.5)
     assert k == 5
-    assert torch.equal(m.routing.keep, torch.arange(k).expand(2, -1))
+    assert torch.equal(m.record.keep, torch.arange(k).expand(2, -1))
 
 
 def test_odi_mixer_stochastic_mode_reproduces_the_official_draw():
@@ -388,8 +389,8 @@ def test_odi_mixer_stochastic_mode_reproduces_the_official_draw():
             torch.manual_seed(seed)
             hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
             k = int(16 * hard.mean())  # the ODI rule: int(N * r), no ratio factor
-            assert m.routing.keep.shape == (2, k)
-            assert torch.equal(m.routing.keep, torch.argsort(p[:, :, 0], dim=1, descending=True)[:, :k])
+            assert m.record.keep.shape == (2, k)
+            assert torch.equal(m.record.keep, torch.argsort(p[:, :, 0], dim=1, descending=True)[:, :k])
             ks.add(k)
     assert len(ks) > 1  # K is random in this mode
 
@@ -684,8 +685,8 @@ def test_odi_matches_the_official_network(reference, mode):
         torch.manual_seed(0)
         y = net(x, cond)
     assert _max_diff(y, reference[f"odi.{mode}"]) <= 1e-4
-    ks = [m.routing.keep.shape[1] for m in net.mixers()]
-    n = net.mixers()[0].routing.n_windows
+    ks = [m.record.keep.shape[1] for m in net.mixers()]
+    n = net.mixers()[0].record.n_windows
     if mode == "stochastic_seed0":
         assert ks == [4, 5, 3, 4] and n == 8  # the official draw, partial routing in every block
     else:

@@ -8,9 +8,8 @@ from conftest import default_model_file, photo, run_cli
 
 import detailsr
 from detailsr.errors import ConfigError
-from detailsr.models.camixer import Routing
+from detailsr.models.record import MixerRecord
 from detailsr.models.registry import build_untrained
-from detailsr.routing import pixel_mask
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def test_padded_input_is_cropped(net):
 
 def test_shifted_windows_map_back_to_their_pixels():
     keep = torch.tensor([[0]])  # window (0, 0) of a 2 x 2 grid of 4-pixel windows, shifted by 2
-    m = pixel_mask(Routing(keep, (2, 2), shift=2), 4)[0]
+    m = MixerRecord(keep=keep, grid=(2, 2), window=4, shift=2).pixel_mask()[0]
     expected = torch.zeros(8, 8, dtype=torch.bool)
     expected[2:6, 2:6] = True
     assert torch.equal(m, expected)

@@ -22,6 +22,7 @@ from .imageio import from_tensor, read_image, to_tensor, write_image
 from .inference import ratio_setting, run
 from .metrics import evaluate
 from .models.base import SRNetwork
+from .models.record import mixer_records
 from .resize import bicubic_downscale, mod_crop
 
 
@@ -127,7 +128,7 @@ def _executed_gflops(net: SRNetwork, x, tile: int | None, cache: dict) -> float:
 
 
 def routing_signature(net: SRNetwork) -> tuple:
-    """How many windows each content-aware mixer attended in the last forward."""
-    return tuple(m.routing.keep.shape[1] for m in net.modules() if getattr(m, "routing", None) is not None)
+    """What each content-aware mixer routed to its expensive path in the last forward."""
+    return tuple(r.signature() for r in mixer_records(net, routed_only=True))
 
 

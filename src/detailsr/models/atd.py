@@ -13,8 +13,8 @@ Every transformer layer sums three token mixers on the same normalised input:
   groups of `category_size` that attend inside the group (`group_attention`);
 * `attn_win` (`WindowAttention`, (S)W-MSA): 16x16 (shifted) window attention (`window_attention`).
 
-After each forward each mixer holds in `work` a `MixerWork` with what it executed (query tokens,
-keys per query, attention groups, MACs), which is what content-aware variants (Pure-Pass) reduce;
+After each forward each mixer holds in `record` a `MixerRecord` whose `work` says what it executed
+(query tokens, keys per query, attention groups, MACs), which is what Pure-Pass reduces;
 `ATD.executed_work()` sums it over the network.
 
 Numerics follow the official op order (spec sections 5 and 9): the category sort is the official
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,28 +44,13 @@ from ..choices import ATTENTION_BACKENDS
 from ..errors import ConfigError
 from .base import SRNetwork
 from .layers import Upsampler
+from .record import MixerRecord, MixerWork, RecordingMixer
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 ACMSA_MAX_LOG_SCALE = math.log(100.0)  # AC-MSA's logit scale is clamped at ln 100 (multiplier 100)
 SHIFT_MASK_VALUE = -100.0  # Swin's large negative number, not -inf
 TAIL_FEATURES = 64  # width of the full model's `pixelshuffle` tail (fixed in the official code)
 INDEX_BUFFER = "relative_position_index_SA"
-
-
-@dataclass(frozen=True)
-class MixerWork:
-    """What one forward of an expensive token mixer executed, summed over the batch."""
-
-    queries: int  # query tokens that went through the mixer
-    keys: int  # keys each query attended: window tokens, group size, or dictionary size
-    groups: int  # independent attention problems: windows, category groups, or images
-    macs: int  # multiply-accumulates of the mixer's matmuls (attention and its own projections)
-
-    def __add__(self, other: MixerWork) -> MixerWork:
-        return MixerWork(
-            self.queries + other.queries, max(self.keys, other.keys), self.groups + other.groups,
-            self.macs + other.macs,
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,7 +158,7 @@ def _check_backend(backend: str) -> None:
 # The three token mixers.
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(RecordingMixer):
     """(S)W-MSA (`attn_win`): multi-head attention in ws x ws windows with a relative position bias.
 
     Takes the layer's shared QKV (B, N, 3C); `shift` rolls the map by -shift first (and back after)
@@ -189,7 +173,6 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.proj = nn.Linear(dim, dim)
         self.attn_type = "naive"
-        self.work: MixerWork | None = None
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(
@@ -207,7 +190,7 @@ class WindowAttention(nn.Module):
             grid = torch.roll(grid, shifts=(shift, shift), dims=(1, 2))
         n = ws * ws
         c = self.dim
-        self.work = MixerWork(b * n_tok, n, out.shape[0], b * n_tok * (2 * n * c + c * c))
+        self.record = MixerRecord(work=MixerWork(b * n_tok, n, out.shape[0], b * n_tok * (2 * n * c + c * c)))
         return grid.reshape(b, n_tok, c)
 
     def position_bias(self, rpi: torch.Tensor) -> torch.Tensor:
@@ -245,7 +228,7 @@ class WindowAttention(nn.Module):
         return self.proj(y)
 
 
-class TokenDictionaryAttention(nn.Module):
+class TokenDictionaryAttention(RecordingMixer):
     """TDCA (`attn_atd`): single-head cosine cross-attention of the tokens to the dictionary.
 
     Returns the mixed tokens and the softmax map P (B, N, m) that AC-MSA and the refinement use.
@@ -259,7 +242,6 @@ class TokenDictionaryAttention(nn.Module):
         self.wq = nn.Linear(dim, reducted_dim, bias=qkv_bias)
         self.wk = nn.Linear(dim, reducted_dim, bias=qkv_bias)
         self.wv = nn.Linear(dim, dim, bias=qkv_bias)
-        self.work: MixerWork | None = None
 
     def forward(self, xn: torch.Tensor, dictionary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q = self.wq(xn)
@@ -271,11 +253,11 @@ class TokenDictionaryAttention(nn.Module):
         probs = torch.softmax(sim, dim=-1)
         b, n, c = xn.shape
         m, rc = self.num_tokens, q.shape[-1]
-        self.work = MixerWork(b * n, m, b, b * n * (c * rc + m * rc + m * c) + b * m * c * (rc + c))
+        self.record = MixerRecord(work=MixerWork(b * n, m, b, b * n * (c * rc + m * rc + m * c) + b * m * c * (rc + c)))
         return probs @ v, probs
 
 
-class CategoryAttention(nn.Module):
+class CategoryAttention(RecordingMixer):
     """AC-MSA (`attn_aca`): attention inside groups of tokens of similar dictionary category.
 
     `sort_tokens` orders the tokens by the argmax of the TDCA map (official unstable sort),
@@ -290,7 +272,6 @@ class CategoryAttention(nn.Module):
         self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(1, 1)))
         self.proj = nn.Linear(dim, dim, bias=qkv_bias)  # official: bias=qkv_bias (unlike attn_win.proj)
         self.attn_type = "naive"
-        self.work: MixerWork | None = None
 
     def forward(self, qkv: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
         order, inverse = self.sort_tokens(sim)
@@ -330,7 +311,7 @@ class CategoryAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q * scale, k, v, scale=1.0)
         y = y.transpose(2, 3).reshape(b, ng * gs, c)[:, :n]
-        self.work = MixerWork(b * n, gs, b * ng, b * (2 * ng * gs * gs * c + n * c * c))
+        self.record = MixerRecord(work=MixerWork(b * n, gs, b * ng, b * (2 * ng * gs * gs * c + n * c * c)))
         return y
 
 
@@ -590,7 +571,7 @@ class ATD(SRNetwork):
         """What each kind of mixer executed in the last forward, summed over layers."""
         total = {}
         for name, mixers in self.mixers().items():
-            works = [m.work for m in mixers if m.work is not None]
+            works = [m.record.work for m in mixers if m.record is not None]
             if works:
                 total[name] = sum(works[1:], works[0])
         return total

@@ -7,8 +7,8 @@ strictly.
 
 Routing: at inference the mixer gathers only the selected windows, attends, and scatters back.
 `dense_reference=True` computes the same result the training way (every window, masked), which is
-the oracle the gather path is tested against. After each forward `mixer.routing` holds which
-windows took attention.
+the oracle the gather path is tested against. After each forward `mixer.record` (a `MixerRecord`)
+holds which windows took attention and the work it executed.
 
 `CAMixerODI` (with `PredictorODI`) is the mixer of the ODI network CAMixerOSR (spec section 7.2):
 shifted windows, a latitude condition instead of the learned global one, q = k = the warped map.
@@ -17,7 +17,6 @@ shifted windows, a latitude condition instead of the learned global one, q = k =
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,31 +31,9 @@ from .layers import (
     window_partition,
     window_unpartition,
 )
+from .record import MixerRecord, MixerWork, RecordingMixer
 
 WINDOW = 16
-
-
-@dataclass
-class Routing:
-    """Which windows of one mixer call took the expensive path."""
-
-    keep: torch.Tensor  # (B, K) window indices, row-major over the (H/ws, W/ws) window grid
-    grid: tuple[int, int]  # window rows, window columns
-    # Cyclic shift of the window grid (ODI mixers with shifted windows): the windows are those of
-    # the map rolled by -shift on both axes, i.e. window (r, c) covers rows ws*r + shift ..
-    # ws*r + shift + ws - 1 and the same columns, taken modulo the map size. 0 for CAMixerSR.
-    shift: int = 0
-
-    @property
-    def n_windows(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    def mask(self) -> torch.Tensor:
-        """(B, rows, cols) bool map, True where the window was attended."""
-        b = self.keep.shape[0]
-        m = torch.zeros(b, self.n_windows, dtype=torch.bool, device=self.keep.device)
-        m.scatter_(1, self.keep, True)
-        return m.view(b, *self.grid)
 
 
 def deterministic_k(n: int, ratio: float) -> int:
@@ -113,8 +90,10 @@ class PredictorLG(nn.Module):
         return self.out_mask(m), offsets, ca, sa
 
 
-class CAMixer(nn.Module):
+class CAMixer(RecordingMixer):
     """Content-aware mixer (keys `mixer.*`). Forward takes the features and the global condition."""
+
+    routed = True
 
     def __init__(self, dim: int, window_size: int = WINDOW, ratio: float = 0.5) -> None:
         super().__init__()
@@ -124,7 +103,6 @@ class CAMixer(nn.Module):
         self.stochastic = False  # True: the official Gumbel draw sets K (uses the global torch RNG)
         self.attn_type = "sdpa"
         self.dense_reference = False
-        self.routing: Routing | None = None
         self.hard_fraction: torch.Tensor | None = None
         self.project_v = nn.Conv2d(dim, dim, 1)
         self.project_q = nn.Linear(dim, dim)
@@ -153,17 +131,24 @@ class CAMixer(nn.Module):
         if self.training:
             mask = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
             self.hard_fraction = mask.mean(1)  # (B, 1), read by the network's ratio loss
-            self.routing = None
+            self.record = None
             return self._finish(self._mix_dense(x, k_in, v, sa, mask), ca)
 
         keep = self._select(p)
-        self.routing = Routing(keep, grid)
+        self.record = self._record(keep, grid, b)
         if self.dense_reference:
             mask = torch.zeros_like(p[:, :, :1]).scatter_(1, keep[..., None], 1.0)
             a = self._mix_dense(x, k_in, v, sa, mask)
         else:
             a = self._mix_gather(x, k_in, v, sa, keep)
         return self._finish(a, ca)
+
+    def _record(self, keep: torch.Tensor, grid: tuple[int, int], batch: int, shift: int = 0) -> MixerRecord:
+        """The windows attended; work: their q/k projections and single-head attention."""
+        tokens = keep.shape[1] * self.window_size**2
+        per_token = 2 * self.dim * self.dim + 2 * self.window_size**2 * self.dim
+        work = MixerWork(batch * tokens, self.window_size**2, batch * keep.shape[1], batch * tokens * per_token)
+        return MixerRecord(work=work, keep=keep, grid=grid, window=self.window_size, shift=shift)
 
     def _select(self, p: torch.Tensor) -> torch.Tensor:
         """Indices (B, K) of the windows that get attention: the top K by p[..., 0].
@@ -281,7 +266,7 @@ class CAMixerODI(CAMixer):
     * Stochastic K is `int(N * r)` (r the Gumbel hard fraction); the deterministic default is the
       library's `deterministic_k(N, ratio)` as for `CAMixer`.
 
-    `routing` after an eval forward carries `shift`, since its window grid is the rolled one.
+    `record` after an eval forward carries `shift`, since its window grid is the rolled one.
     """
 
     def __init__(self, dim: int, window_size: int = WINDOW, ratio: float = 0.5, shift: int = 0) -> None:
@@ -313,11 +298,11 @@ class CAMixerODI(CAMixer):
         if self.training:
             mask = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
             self.hard_fraction = mask.mean(1)  # (B, 1), read by the network's ratio loss
-            self.routing = None
+            self.record = None
             return self._finish(self._roll(self._mix_dense(qk, qk, v, sa, mask), 1), ca)
 
         keep = self._select(p)
-        self.routing = Routing(keep, grid, self.shift)
+        self.record = self._record(keep, grid, b, self.shift)
         if self.dense_reference:
             mask = torch.zeros_like(p[:, :, :1]).scatter_(1, keep[..., None], 1.0)
             a = self._mix_dense(qk, qk, v, sa, mask)
