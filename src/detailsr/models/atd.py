@@ -43,7 +43,7 @@ from torch import nn
 from ..choices import ATTENTION_BACKENDS
 from ..errors import ConfigError
 from .base import SRNetwork
-from .layers import Upsampler
+from .layers import Upsampler, gather_tokens
 from .record import MixerRecord, MixerWork, RecordingMixer
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -118,11 +118,6 @@ def category_sort(categories: torch.Tensor) -> torch.Tensor:
     if categories.dim() != 2:
         raise ValueError(f"category_sort takes a (B, N) tensor, got shape {tuple(categories.shape)}")
     return torch.sort(categories.contiguous(), dim=-1, stable=False).indices
-
-
-def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (B, N, C) gathered along tokens: out[:, t] = x[:, index[:, t]]."""
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def _window_split(x: torch.Tensor, ws: int) -> torch.Tensor:
@@ -273,10 +268,14 @@ class CategoryAttention(RecordingMixer):
         self.proj = nn.Linear(dim, dim, bias=qkv_bias)  # official: bias=qkv_bias (unlike attn_win.proj)
         self.attn_type = "naive"
 
-    def forward(self, qkv: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+    def forward(self, qkv: torch.Tensor, sim: torch.Tensor, pure: torch.Tensor | None = None) -> torch.Tensor:
+        """qkv (B, N, 3C), sim (B, N, m) -> (B, N, C). `pure`: a Pure-Pass token mask, which only the
+        Pure-Pass variant (`purepass.PureCategoryAttention`) takes."""
+        if pure is not None:
+            raise ValueError("the plain AC-MSA takes no Pure-Pass mask")
         order, inverse = self.sort_tokens(sim)
-        y = self.group_attention(_gather_tokens(qkv, order))
-        return self.proj(_gather_tokens(y, inverse))
+        y = self.group_attention(gather_tokens(qkv, order))
+        return self.proj(gather_tokens(y, inverse))
 
     @staticmethod
     def sort_tokens(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,6 +357,7 @@ class ATDTransformerLayer(nn.Module):
     def __init__(
         self, dim: int, num_heads: int, window_size: int, shift_size: int, category_size: int, num_tokens: int,
         reducted_dim: int, convffn_kernel_size: int, mlp_ratio: float, qkv_bias: bool, is_last: bool,
+        category_attention: type[CategoryAttention] = CategoryAttention,
     ) -> None:
         super().__init__()
         self.shift_size = shift_size
@@ -371,17 +371,17 @@ class ATDTransformerLayer(nn.Module):
         self.wqkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_win = WindowAttention(dim, window_size, num_heads)
         self.attn_atd = TokenDictionaryAttention(dim, reducted_dim, num_tokens, qkv_bias)
-        self.attn_aca = CategoryAttention(dim, num_heads, category_size, qkv_bias)
+        self.attn_aca = category_attention(dim, num_heads, category_size, qkv_bias)
         self.convffn = ConvFFN(dim, _hidden(dim, mlp_ratio), convffn_kernel_size)
 
     def forward(
         self, x: torch.Tensor, dictionary: torch.Tensor, x_size: tuple[int, int], rpi: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | None, pure: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         xn = self.norm1(x)
         qkv = self.wqkv(xn)
         x_td, sim = self.attn_atd(xn, dictionary)
-        x_ac = self.attn_aca(qkv, sim)
+        x_ac = self.attn_aca(qkv, sim, pure)
         x_w = self.attn_win(qkv, x_size, self.shift_size, rpi, mask)
         x = x + x_w + x_td + x_ac
         x = x + self.convffn(self.norm2(x), x_size)
@@ -401,23 +401,24 @@ class ATDBasicBlock(nn.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, category_size: int,
                  num_tokens: int, reducted_dim: int, convffn_kernel_size: int, mlp_ratio: float,
-                 qkv_bias: bool) -> None:
+                 qkv_bias: bool, category_attention: type[CategoryAttention] = CategoryAttention) -> None:
         super().__init__()
         self.td = nn.Parameter(torch.randn(num_tokens, dim))
         self.layers = nn.ModuleList(
             ATDTransformerLayer(
                 dim, num_heads, window_size, 0 if j % 2 == 0 else window_size // 2, category_size, num_tokens,
                 reducted_dim, convffn_kernel_size, mlp_ratio, qkv_bias, is_last=j == depth - 1,
+                category_attention=category_attention,
             )
             for j in range(depth)
         )
 
-    def forward(self, x, x_size, rpi, mask):
+    def forward(self, x, x_size, rpi, mask, pure=None):
         # A real copy per batch item, as the official `td.repeat`: a stride-0 expanded view makes
         # the dictionary's wk/wv matmuls take another kernel when B > 1 (rounding differs ~1e-7).
         dictionary = self.td.repeat(x.shape[0], 1, 1)
         for layer in self.layers:
-            x, dictionary = layer(x, dictionary, x_size, rpi, mask)
+            x, dictionary = layer(x, dictionary, x_size, rpi, mask, pure)
         return x
 
 
@@ -429,8 +430,8 @@ class ATDB(nn.Module):
         self.residual_group = ATDBasicBlock(dim, **kwargs)
         self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
 
-    def forward(self, x, x_size, rpi, mask):
-        y = self.residual_group(x, x_size, rpi, mask)
+    def forward(self, x, x_size, rpi, mask, pure=None):
+        y = self.residual_group(x, x_size, rpi, mask, pure)
         return _image_to_tokens(self.conv(_tokens_to_image(y, x_size))) + x
 
 
@@ -489,6 +490,7 @@ class ATD(SRNetwork):
         qkv_bias: bool = True,
         patch_norm: bool = True,
         img_range: float = 1.0,
+        category_attention: type[CategoryAttention] = CategoryAttention,
     ) -> None:
         depths, num_heads = [int(d) for d in depths], [int(h) for h in num_heads]
         config = {
@@ -516,7 +518,7 @@ class ATD(SRNetwork):
             ATDB(
                 embed_dim, depth=depth, num_heads=heads, window_size=window_size, category_size=category_size,
                 num_tokens=num_tokens, reducted_dim=reducted_dim, convffn_kernel_size=convffn_kernel_size,
-                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, category_attention=category_attention,
             )
             for depth, heads in zip(depths, num_heads, strict=True)
         )
@@ -536,12 +538,13 @@ class ATD(SRNetwork):
         h_in, w_in = x.shape[-2:]
         ws = self.window_size
         x = pad_symmetric(x, ws)
+        pure = self.pure_tokens(x)
         mean = self.mean.type_as(x)
         x = (x - mean) * self.img_range
         h, w = x.shape[-2:]
         mask = shift_window_mask(h, w, ws, x.device, x.dtype)
         f0 = self.conv_first(x)
-        f = self.conv_after_body(self.forward_features(f0, mask)) + f0
+        f = self.conv_after_body(self.forward_features(f0, mask, pure)) + f0
         if self.upsampler == "pixelshuffledirect":
             y = self.upsample(f)
         else:
@@ -549,12 +552,16 @@ class ATD(SRNetwork):
         y = y / self.img_range + mean
         return y[:, :, : h_in * self.scale, : w_in * self.scale]
 
-    def forward_features(self, f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def pure_tokens(self, x: torch.Tensor) -> torch.Tensor | None:
+        """A (B, N) token mask of the padded input `x` that AC-MSA may skip (Pure-Pass); None: skip none."""
+        return None
+
+    def forward_features(self, f: torch.Tensor, mask: torch.Tensor, pure: torch.Tensor | None = None) -> torch.Tensor:
         x_size = (f.shape[2], f.shape[3])
         rpi = getattr(self, INDEX_BUFFER)
         x = self.patch_embed(f)
         for group in self.layers:
-            x = group(x, x_size, rpi, mask)
+            x = group(x, x_size, rpi, mask, pure)
         x = self.norm(x)
         return _tokens_to_image(x, x_size)
 

@@ -142,6 +142,16 @@ def _window_index(x: torch.Tensor, keep: torch.Tensor, ws: int):
     return batch, keep // cols, keep % cols
 
 
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, N, C) gathered along tokens: out[:, t] = x[:, index[:, t]]."""
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def scatter_tokens_(x: torch.Tensor, index: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Write tokens (B, T, C) into x (B, N, C) at places `index` (B, T), in place: x[:, index[:, t]] = tokens[:, t]."""
+    return x.scatter_(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]), tokens)
+
+
 def gather_windows(x: torch.Tensor, keep: torch.Tensor, ws: int) -> torch.Tensor:
     """The windows `keep` (B, K) of x (B, C, H, W) as (B, K, ws*ws, C), copying only those windows.
 

@@ -15,10 +15,14 @@ import torch
 
 from ..checkpoint import read_state_dict
 from ..errors import CheckpointError, ConfigError
-from . import atd, camixersr, esc, zoo
+from . import atd, camixersr, esc, purepass, zoo
 from .base import SRNetwork
 
-FAMILIES = (camixersr, atd, esc)
+FAMILIES = (camixersr, atd, esc, purepass)
+
+# Architectures built on another's weights: derived -> base. Loading a base checkpoint with
+# `arch=<derived>` builds the derived network and loads the base weights into it strictly.
+DERIVED = {"pp_atd_light": "atd_light"}
 
 # Settings that are not hyper-parameters of the weights: applied after building.
 RUNTIME_OPTIONS = ("ratio", "stochastic", "attn_type")
@@ -39,12 +43,14 @@ def known_architectures() -> list[str]:
 def load_model(source: str | Path | Mapping | None = None, **overrides: Any) -> SRNetwork:
     """A network in eval mode from a zoo name, a checkpoint path or a state dict (None: default).
 
-    `overrides`: `arch=` to insist on an architecture; hyper-parameters that shapes cannot tell;
-    runtime options `ratio`, `stochastic` (the official random K of CAMixer) and `attn_type`.
+    `overrides`: `arch=` to insist on an architecture, or to build a derived one on its base's
+    weights (`arch="pp-atd-light"` on an ATD-light checkpoint); hyper-parameters that shapes cannot
+    tell; runtime options `ratio`, `stochastic` (the official random K of CAMixer) and `attn_type`.
     """
-    name, state_dict = _resolve(source)
+    name, state_dict, entry_arch = _resolve(source)
     runtime = {k: overrides.pop(k) for k in RUNTIME_OPTIONS if k in overrides}
-    wanted_arch = overrides.pop("arch", None)
+    wanted_arch = overrides.pop("arch", None) or entry_arch
+    wanted_arch = None if wanted_arch is None else str(wanted_arch).replace("-", "_")
     found = detect(state_dict)
     if found is None:
         sample = ", ".join(list(state_dict)[:4])
@@ -53,7 +59,9 @@ def load_model(source: str | Path | Mapping | None = None, **overrides: Any) -> 
             f"expected a checkpoint of one of: {', '.join(known_architectures())}"
         )
     arch, config = found
-    if wanted_arch is not None and wanted_arch != arch:
+    if DERIVED.get(wanted_arch) == arch:
+        arch = wanted_arch
+    elif wanted_arch is not None and wanted_arch != arch:
         raise CheckpointError(f"{name} holds a {arch} network ({_describe(config)}), not a {wanted_arch}")
     net = _build(arch, {**config, **overrides}, name)
     _load_strict(net, state_dict, name)
@@ -77,18 +85,19 @@ def build_untrained(name: str, **runtime: Any) -> SRNetwork:
     return net
 
 
-def _resolve(source) -> tuple[str, dict[str, torch.Tensor]]:
+def _resolve(source) -> tuple[str, dict[str, torch.Tensor], str | None]:
+    """(name, state dict, the architecture a zoo entry asks for)."""
     if source is None:
         source = zoo.DEFAULT_MODEL
     if isinstance(source, Mapping):
-        return "the given state dict", read_state_dict(source)
+        return "the given state dict", read_state_dict(source), None
     entry = zoo.get(str(source)) if not Path(source).exists() else None
     if entry is not None:
-        return entry.name, read_state_dict(zoo.fetch(entry))
+        return entry.name, read_state_dict(zoo.fetch(entry)), entry.arch
     path = Path(source)
     if not path.exists() and path.suffix == "":
         raise CheckpointError(f"{source} is neither a checkpoint file nor a zoo model (see `detailsr models`)")
-    return str(path), read_state_dict(path)
+    return str(path), read_state_dict(path), None
 
 
 def _build(arch: str, config: dict, name: str) -> SRNetwork:

@@ -8,6 +8,7 @@ download fails, the error says where to put the file by hand; a failed download 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -79,6 +80,14 @@ def _atd(name, file, arch, scale, params, metrics, drive_id=None, notes=""):
     )
 
 
+def _pp_atd_light(base: ZooEntry) -> ZooEntry:
+    """Pure-Pass on an official ATD-light file: the same file and weights, training-free."""
+    return dataclasses.replace(
+        base, name="pp-" + base.name, arch="pp_atd_light", metrics={},
+        notes="Pure-Pass (training-free) on the weights of " + base.name + "; no published numbers",
+    )
+
+
 _ESC_RELEASE = "https://github.com/dslisleedh/ESC/releases/download/1.0.0/"
 _ESC_SOURCE = "dslisleedh/ESC (official, GitHub release 1.0.0)"
 _ESC_Y = "PSNR/SSIM-Y Set5/Set14/B100/Urban100/Manga109"
@@ -106,6 +115,17 @@ def _esc_variant(name: str, arch: str) -> dict:
     return VARIANTS["esc"][1]
 
 
+_ATD_LIGHT = (
+    _atd("atd-light-x2", "101_ATD_light_SRx2_scratch.pth", "atd_light", 2, 753_204,
+         "38.29/0.9616, 34.10/0.9217, 32.39/0.9023, 33.27/0.9375, 39.52/0.9789",
+         drive_id="1ZxK7gMJXgeyHgeOaKbzpXtoElDmRWKkU", notes="ATD-light, DIV2K, trained from scratch"),
+    _atd("atd-light-x3", "102_ATD_light_SRx3_finetune.pth", "atd_light", 3, 759_699,
+         "34.74/0.9300, 30.68/0.8485, 29.32/0.8109, 29.17/0.8709, 34.60/0.9506",
+         drive_id="1mPcWMyDO9lOUD6DrrmNxFR67sGqnOJxp", notes="ATD-light, DIV2K, fine-tuned from x2"),
+    _atd("atd-light-x4", "103_ATD_light_SRx4_finetune.pth", "atd_light", 4, 768_792,
+         "32.63/0.8998, 28.89/0.7886, 27.79/0.7440, 26.97/0.8107, 31.48/0.9198",
+         drive_id="1CxzxLWMIHDHip2nDF6A2sLBTkpypI8GU", notes="ATD-light, DIV2K, fine-tuned from x2"),
+)
 _LARGE = "PSNR-RGB F2K/Test2K/Test4K/Test8K (64x64 tiles, overlap 4)"
 ENTRIES: tuple[ZooEntry, ...] = (
     _camixer(
@@ -159,15 +179,8 @@ ENTRIES: tuple[ZooEntry, ...] = (
          "SUN360 PSNR/SSIM/WS-PSNR/WS-SSIM": "27.48/0.7736/27.36/0.7916"},
         arch="camixerosr", notes="360° (ERP) SR, fisheye degradation",
     ),
-    _atd("atd-light-x2", "101_ATD_light_SRx2_scratch.pth", "atd_light", 2, 753_204,
-         "38.29/0.9616, 34.10/0.9217, 32.39/0.9023, 33.27/0.9375, 39.52/0.9789",
-         drive_id="1ZxK7gMJXgeyHgeOaKbzpXtoElDmRWKkU", notes="ATD-light, DIV2K, trained from scratch"),
-    _atd("atd-light-x3", "102_ATD_light_SRx3_finetune.pth", "atd_light", 3, 759_699,
-         "34.74/0.9300, 30.68/0.8485, 29.32/0.8109, 29.17/0.8709, 34.60/0.9506",
-         drive_id="1mPcWMyDO9lOUD6DrrmNxFR67sGqnOJxp", notes="ATD-light, DIV2K, fine-tuned from x2"),
-    _atd("atd-light-x4", "103_ATD_light_SRx4_finetune.pth", "atd_light", 4, 768_792,
-         "32.63/0.8998, 28.89/0.7886, 27.79/0.7440, 26.97/0.8107, 31.48/0.9198",
-         drive_id="1CxzxLWMIHDHip2nDF6A2sLBTkpypI8GU", notes="ATD-light, DIV2K, fine-tuned from x2"),
+    *_ATD_LIGHT,
+    *(_pp_atd_light(e) for e in _ATD_LIGHT),
     _atd("atd-x2", "001_ATD_SRx2_finetune.pth", "atd", 2, 20_113_217,
          "38.61/0.9629, 34.92/0.9275, 32.64/0.9054, 34.73/0.9476, 40.35/0.9810",
          notes="ATD, DF2K, fine-tuned at 96x96 patches"),
