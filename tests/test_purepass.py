@@ -181,3 +181,69 @@ def test_the_zoo_builds_pp_on_the_atd_light_files():
     for scale in (2, 3, 4):
         pp, base = zoo.get(f"pp-atd-light-x{scale}"), zoo.get(f"atd-light-x{scale}")
         assert (pp.file, pp.url, pp.params, pp.arch) == (base.file, base.url, base.params, "pp_atd_light")
+
+
+# Pure-Pass window routing for CAMixerSR (training-free): the predictor's windows less the pure ones.
+
+
+def photo_crop(name, top, left, h=48, w=48) -> np.ndarray:
+    rgb = cv2.imread(str(photo(name)), cv2.IMREAD_COLOR)[top : top + h, left : left + w, ::-1]
+    return np.ascontiguousarray(rgb)
+
+
+@pytest.fixture(scope="module")
+def camixer():
+    return ds.load_model(routing="purepass", ratio=0.5)  # the embedded CAMixerSR-S
+
+
+def test_a_flat_crop_gets_less_attention_than_a_textured_one(camixer):
+    flat = photo_crop("coffee", 0, 0)  # the dark, even corner behind the cup
+    textured = np.repeat(photo_crop("gravel", 0, 0)[:, :, :1], 3, axis=2)  # gravel: busy everywhere
+    flat_share = ds.routing_maps(camixer, flat).mean()
+    textured_share = ds.routing_maps(camixer, textured).mean()
+    assert flat_share < textured_share
+    camixer.set_routing("learned")
+    try:  # the learned routing alone attends the same share of both (K is set by the ratio)
+        assert ds.routing_maps(camixer, flat).mean() == ds.routing_maps(camixer, textured).mean()
+    finally:
+        camixer.set_routing("purepass")
+
+
+@torch.no_grad()
+def test_purepass_routing_only_removes_windows_from_the_learned_choice(camixer):
+    x = torch.from_numpy(photo_crop("coffee", 100, 100, 64, 80)).permute(2, 0, 1)[None].float() / 255
+    camixer.set_routing("learned")
+    camixer(x)
+    learned = [set(r.keep[0].tolist()) for r in mixer_records(camixer, routed_only=True)]
+    macs_learned = executed_macs(camixer, x)
+    camixer.set_routing("purepass")
+    camixer(x)
+    kept = [set(r.keep[0].tolist()) for r in mixer_records(camixer, routed_only=True)]
+    assert all(k <= lr for k, lr in zip(kept, learned, strict=True))
+    assert sum(map(len, kept)) < sum(map(len, learned))
+    assert executed_macs(camixer, x) < macs_learned
+
+
+@torch.no_grad()
+def test_without_pure_pixels_purepass_routing_is_the_learned_one(camixer):
+    x = no_pure_pixel(32, 48)
+    y = camixer(x)
+    camixer.set_routing("learned")
+    try:
+        assert torch.equal(camixer(x), y)
+    finally:
+        camixer.set_routing("purepass")
+    both = camixer(torch.cat([x, coffee(32, 48)]))
+    assert torch.equal(both[:1], y) and torch.equal(both[1:], camixer(coffee(32, 48)))
+
+
+def test_routing_on_the_command_line(tmp_path):
+    src = tmp_path / "a.png"
+    cv2.imwrite(str(src), photo_crop("coffee", 0, 0, 32, 32)[:, :, ::-1])
+    result = detailsr("upscale", src, "--routing", "purepass", "--pure-threshold", "0.75", "-q")
+    assert result.returncode == 0, result.stderr
+    assert cv2.imread(str(tmp_path / "a_x4.png")).shape == (128, 128, 3)
+    refused = detailsr("flops", "-m", "esc-light-x4", "--untrained", "--routing", "purepass", "--size", "16x16")
+    assert refused.returncode == 1 and "offers no choice of routing" in refused.stderr
+    assert detailsr("upscale", src, "--routing", "pure").returncode == 2
+    assert detailsr("upscale", src, "--pure-threshold", "1.5").returncode == 2

@@ -7,6 +7,7 @@ without importing the libraries that do the work.
 ATTENTION_BACKENDS = ("naive", "sdpa")  # every attention site offers these
 ALL_ATTENTION_BACKENDS = ("naive", "sdpa", "flex")  # ESC also offers flex_attention
 BLENDS = ("feather", "average")
+ROUTINGS = ("learned", "purepass")  # CAMixerSR: the predictor's windows, or those less the pure ones
 PROTOCOLS = ("y", "rgb", "ws")
 
 DEFAULT_MAX_PIXELS: int = 16384 * 16384

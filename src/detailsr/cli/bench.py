@@ -11,7 +11,15 @@ from pathlib import Path
 from ..choices import ALL_ATTENTION_BACKENDS
 from ..errors import UsageError
 from .flops import size_value
-from .options import add_device_options, non_negative_int, positive_int, ratio_value, to_device, use_threads
+from .options import (
+    add_device_options,
+    add_routing_options,
+    non_negative_int,
+    positive_int,
+    ratio_value,
+    to_device,
+    use_threads,
+)
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -19,16 +27,20 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
         "bench", parents=[common], help="measure latency and memory",
         description="Warm up, then time N rounds in which every model/ratio runs once (interleaved, so that "
         "all share the machine's conditions); report median/min/max latency, output megapixels per "
-        "second and peak memory, and each median relative to the first case.",
+        "second, peak memory, executed GFLOPs (2 x MACs, counted op by op on the same input), and each "
+        "median relative to the first case.",
     )
     p.add_argument("-m", "--models", nargs="+", metavar="MODEL",
                    help="zoo names or checkpoint files (default: the embedded CAMixerSR-S x4)")
-    p.add_argument("--size", type=size_value, required=True, help="LR input WxH")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--size", type=size_value, help="LR input WxH (seeded random pixels)")
+    source.add_argument("--image", help="LR input: this image (its content sets the routing)")
     p.add_argument("--ratio", type=ratio_value, nargs="+", help="ratios to compare (content-aware models)")
     add_device_options(p)
     p.add_argument("--runs", type=positive_int, default=5)
     p.add_argument("--warmup", type=non_negative_int, default=1)
     p.add_argument("--attn", choices=ALL_ATTENTION_BACKENDS, help="attention kernel for every model")
+    add_routing_options(p)
     p.add_argument("--untrained", action="store_true",
                    help="random weights of each zoo model's architecture (cost only, no checkpoint needed)")
     p.add_argument("--json", type=Path, metavar="FILE")
@@ -44,6 +56,8 @@ def build_cases(args: argparse.Namespace) -> list:
     cases = []
     for name in args.models or [None]:
         options = {"attn_type": args.attn} if args.attn else {}
+        if args.routing or args.pure_threshold is not None:
+            options.update(routing=args.routing, pure_threshold=args.pure_threshold)
         net = to_device((build_untrained if args.untrained else load_model)(name, **options), args.device)
         ratios = args.ratio if (args.ratio and net.content_aware) else [None]
         for ratio in ratios:
@@ -57,24 +71,36 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..benchmark import measure
-    from ..imageio import write_bytes_atomic
+    from ..flops import executed_macs
+    from ..imageio import read_image, to_tensor, write_bytes_atomic
+    from ..inference import ratio_setting
 
     use_threads(args)
     cases = build_cases(args)
-    w, h = args.size
-    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    if args.image:
+        x = to_tensor(read_image(args.image).pixels)
+    else:
+        x = torch.rand(1, 3, args.size[1], args.size[0], generator=torch.Generator().manual_seed(0))
+    h, w = x.shape[-2:]
     measure(cases, x, runs=args.runs, warmup=args.warmup)
     out_pixels = w * h * cases[0].net.scale ** 2
     rows = [c.summary(w * h * c.net.scale ** 2) for c in cases]
-    base = rows[0]["median_s"]
+    for case, row in zip(cases, rows, strict=True):
+        with ratio_setting(case.net, case.ratio), torch.no_grad():
+            row["executed_gflops"] = 2 * executed_macs(case.net, x.to(args.device)) / 1e9
+    base = rows[0]
     weights = ", untrained weights" if args.untrained else ""
-    print(f"LR {w}x{h}, {torch.get_num_threads()} threads, {args.runs} runs after {args.warmup} warm-up{weights}")
-    print(f"{'case':<40} {'median s':>9} {'min s':>7} {'max s':>7} {'MP/s':>7} {'peak MiB':>9} {'vs first':>9}")
+    source = f"image {args.image}" if args.image else "random input"
+    print(f"LR {w}x{h} ({source}), {torch.get_num_threads()} threads, {args.runs} runs after {args.warmup} "
+          f"warm-up{weights}")
+    print(f"{'case':<36} {'median s':>9} {'min s':>7} {'max s':>7} {'MP/s':>7} {'peak MiB':>9} {'GFLOPs':>8} "
+          f"{'time vs first':>14} {'FLOPs vs first':>15}")
     for r in rows:
-        print(f"{r['label']:<40} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} "
-              f"{r['output_mpix_per_s']:>7.3f} {r['peak_memory_mib']:>9.1f} {r['median_s'] / base:>8.2f}x")
+        print(f"{r['label']:<36} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} "
+              f"{r['output_mpix_per_s']:>7.3f} {r['peak_memory_mib']:>9.1f} {r['executed_gflops']:>8.2f} "
+              f"{r['median_s'] / base['median_s']:>13.3f}x {r['executed_gflops'] / base['executed_gflops']:>14.3f}x")
     if args.json:
-        report = {"command": "detailsr " + shlex.join(sys.argv[1:]),
+        report = {"command": "detailsr " + shlex.join(sys.argv[1:]), "image": args.image,
                   "size": [w, h], "threads": torch.get_num_threads(), "device": args.device,
                   "untrained": args.untrained,
                   "output_pixels": out_pixels, "cases": rows}

@@ -10,7 +10,7 @@ import argparse
 import re
 import sys
 
-from ..choices import ALL_ATTENTION_BACKENDS
+from ..choices import ALL_ATTENTION_BACKENDS, ROUTINGS
 from ..errors import ConfigError, UsageError
 
 # torch device strings a user may mean: a type, optionally with an index
@@ -65,6 +65,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attn", choices=ALL_ATTENTION_BACKENDS, help="attention kernel (default sdpa)")
     p.add_argument("--stochastic", action="store_true",
                    help="CAMixer: draw the number of attended windows as the official code does")
+    add_routing_options(p)
+
+
+def add_routing_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--routing", choices=ROUTINGS,
+                   help="CAMixerSR: the predictor's windows (learned, default) or those less the windows "
+                   "Pure-Pass finds pure (purepass)")
+    p.add_argument("--pure-threshold", type=ratio_value, metavar="T",
+                   help="purepass routing: a window whose share of pure pixels reaches T does not attend (0.5)")
 
 
 def add_device_options(p: argparse.ArgumentParser) -> None:
@@ -81,6 +90,8 @@ def load_from_args(args: argparse.Namespace):
         options["attn_type"] = args.attn
     if args.stochastic:
         options["stochastic"] = True
+    if args.routing or args.pure_threshold is not None:
+        options.update(routing=args.routing, pure_threshold=args.pure_threshold)
     if getattr(args, "untrained", False):
         if not args.model:
             raise UsageError("--untrained needs -m with a zoo model name")

@@ -104,6 +104,10 @@ class CAMixer(RecordingMixer):
         self.attn_type = "sdpa"
         self.dense_reference = False
         self.hard_fraction: torch.Tensor | None = None
+        # Pure-Pass window routing (set by the network for each forward): each window's share of
+        # pure pixels (B, N); a window whose share reaches `pure_threshold` never attends.
+        self.window_pure: torch.Tensor | None = None
+        self.pure_threshold = 0.5
         self.project_v = nn.Conv2d(dim, dim, 1)
         self.project_q = nn.Linear(dim, dim)
         self.project_k = nn.Linear(dim, dim)
@@ -134,7 +138,7 @@ class CAMixer(RecordingMixer):
             self.record = None
             return self._finish(self._mix_dense(x, k_in, v, sa, mask), ca)
 
-        keep = self._select(p)
+        keep = self._veto_pure(self._select(p))
         self.record = self._record(keep, grid, b)
         if self.dense_reference:
             mask = torch.zeros_like(p[:, :, :1]).scatter_(1, keep[..., None], 1.0)
@@ -149,6 +153,15 @@ class CAMixer(RecordingMixer):
         per_token = 2 * self.dim * self.dim + 2 * self.window_size**2 * self.dim
         work = MixerWork(batch * tokens, self.window_size**2, batch * keep.shape[1], batch * tokens * per_token)
         return MixerRecord(work=work, keep=keep, grid=grid, window=self.window_size, shift=shift)
+
+    def _veto_pure(self, keep: torch.Tensor) -> torch.Tensor:
+        """The learned choice `keep` (B, K) less the windows Pure-Pass finds pure enough (batch of one)."""
+        if self.window_pure is None:
+            return keep
+        if keep.shape[0] != 1:
+            raise ValueError("Pure-Pass window routing takes one image at a time")
+        impure = self.window_pure[0, keep[0]] < self.pure_threshold
+        return keep[:, impure]
 
     def _select(self, p: torch.Tensor) -> torch.Tensor:
         """Indices (B, K) of the windows that get attention: the top K by p[..., 0].

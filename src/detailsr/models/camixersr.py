@@ -15,10 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import ROUTINGS
 from ..errors import ConfigError
 from .base import SRNetwork
 from .camixer import WINDOW, CAMixer, CAMixerODI
 from .layers import LayerNorm2d, Upsampler, pad_to_multiple
+from .purepass import pure_mask
 
 
 class GatedFeedForward(nn.Module):
@@ -63,6 +65,12 @@ class Group(nn.Module):
         return self.body_tail(x) + shortcut
 
 
+def window_pure_share(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, N): the share of Pure-Pass pure pixels of `x` (B, 3, H, W) in each window, row-major."""
+    pure = pure_mask(x).float()[:, None]
+    return F.avg_pool2d(pure, window).flatten(1)
+
+
 class CAMixerSR(SRNetwork):
     """CAMixerSR. Eval: `net(x)` -> image. Training: `net(x)` -> (image, ratio loss)."""
 
@@ -84,10 +92,30 @@ class CAMixerSR(SRNetwork):
         self.body_tail = nn.Conv2d(n_feats, n_feats, 3, 1, 1)
         self.tail = Upsampler(n_feats, scale)
         self.set_ratio(ratio)
+        self.routing = "learned"
+
+    def set_routing(self, routing: str, pure_threshold: float | None = None) -> None:
+        """"learned" (the predictor's top-K windows, the official routing) or "purepass": of those,
+        only the windows whose share of Pure-Pass pure pixels stays below `pure_threshold` attend."""
+        if routing not in ROUTINGS:
+            raise ConfigError(f"routing must be one of {', '.join(ROUTINGS)}, not {routing!r}")
+        if pure_threshold is not None and not 0.0 <= pure_threshold <= 1.0:
+            raise ConfigError(f"pure_threshold must lie in [0, 1], got {pure_threshold}")
+        self.routing = routing
+        for m in self.mixers():
+            m.window_pure = None
+            if pure_threshold is not None:
+                m.pure_threshold = pure_threshold
 
     def forward(self, x: torch.Tensor):
+        if self.routing == "purepass" and not self.training and x.shape[0] > 1:
+            return torch.cat([self(item[None]) for item in x])  # windows vetoed per image
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, WINDOW, mode="reflect")
+        if self.routing == "purepass" and not self.training:
+            shares = window_pure_share(x, WINDOW)
+            for m in self.mixers():
+                m.window_pure = shares
         f = self.head(x)
         global_condition = self.global_predictor(f)
         shortcut = f
