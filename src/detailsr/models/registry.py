@@ -25,7 +25,7 @@ FAMILIES = (camixersr, atd, esc, purepass)
 DERIVED = {"pp_atd_light": "atd_light"}
 
 # Settings that are not hyper-parameters of the weights: applied after building.
-RUNTIME_OPTIONS = ("ratio", "stochastic", "attn_type")
+RUNTIME_OPTIONS = ("ratio", "stochastic", "attn_type", "routing", "pure_threshold")
 
 
 def detect(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
@@ -45,7 +45,8 @@ def load_model(source: str | Path | Mapping | None = None, **overrides: Any) -> 
 
     `overrides`: `arch=` to insist on an architecture, or to build a derived one on its base's
     weights (`arch="pp-atd-light"` on an ATD-light checkpoint); hyper-parameters that shapes cannot
-    tell; runtime options `ratio`, `stochastic` (the official random K of CAMixer) and `attn_type`.
+    tell; runtime options `ratio`, `stochastic` (the official random K of CAMixer), `attn_type`, and
+    for CAMixerSR `routing` ("learned" or "purepass") with its `pure_threshold`.
     """
     name, state_dict, entry_arch = _resolve(source)
     runtime = {k: overrides.pop(k) for k in RUNTIME_OPTIONS if k in overrides}
@@ -152,6 +153,10 @@ def _apply_runtime(net: SRNetwork, runtime: dict) -> None:
         for m in net.modules():
             if hasattr(m, "stochastic"):
                 m.stochastic = bool(runtime["stochastic"])
+    if runtime.get("routing") is not None or runtime.get("pure_threshold") is not None:
+        if not hasattr(net, "set_routing"):
+            raise ConfigError(f"{net.arch} offers no choice of routing (CAMixerSR does: learned or purepass)")
+        net.set_routing(runtime.get("routing") or net.routing, runtime.get("pure_threshold"))
     if "ratio" in runtime and runtime["ratio"] is not None:
         if not net.content_aware:
             raise ConfigError(f"{net.arch} has no ratio (it is not content-aware)")
