@@ -13,6 +13,10 @@ Every transformer layer sums three token mixers on the same normalised input:
   groups of `category_size` that attend inside the group (`group_attention`);
 * `attn_win` (`WindowAttention`, (S)W-MSA): 16x16 (shifted) window attention (`window_attention`).
 
+Variants inject their own mixer classes (`category_attention`: Pure-Pass; `window_attention`:
+CAMixer-ATD-light) and per-forward values computed once from the input (`pure_tokens`, given to
+AC-MSA; `routing_condition`, given to the window attention); the plain network uses neither.
+
 After each forward each mixer holds in `record` a `MixerRecord` whose `work` says what it executed
 (query tokens, keys per query, attention groups, MACs), which is what Pure-Pass reduces;
 `ATD.executed_work()` sums it over the network.
@@ -33,7 +37,7 @@ gets a contiguous map); otherwise batches of more than one image round different
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -171,8 +175,13 @@ class WindowAttention(RecordingMixer):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(
-        self, qkv: torch.Tensor, x_size: tuple[int, int], shift: int, rpi: torch.Tensor, mask: torch.Tensor | None
+        self, qkv: torch.Tensor, x_size: tuple[int, int], shift: int, rpi: torch.Tensor, mask: torch.Tensor | None,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """qkv (B, N, 3C) -> (B, N, C). `condition`: a routing condition map, which only the routed
+        variant (`camixer_atd.RoutedWindowAttention`) takes."""
+        if condition is not None:
+            raise ValueError("the plain window attention takes no routing condition")
         b, n_tok, c3 = qkv.shape
         h, w = x_size
         ws = self.window_size
@@ -195,6 +204,13 @@ class WindowAttention(RecordingMixer):
 
     def window_attention(self, windows: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Attention inside each window: (B*nW, n, 3C) -> projected (B*nW, n, C)."""
+        return self.proj(self.attend_windows(windows, rpi, mask))
+
+    def attend_windows(self, windows: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Multi-head attention inside each window, heads concatenated, before `proj`: (B*nW, n, 3C) -> (B*nW, n, C).
+
+        `mask` (nW, n, n) is added per window, the windows of `windows` being nW per image, in order.
+        """
         _check_backend(self.attn_type)
         bw, n, c3 = windows.shape
         heads = self.num_heads
@@ -219,8 +235,7 @@ class WindowAttention(RecordingMixer):
                 split = lambda t: t.reshape(bw // nw, nw, heads, n, -1)  # noqa: E731
                 y = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=full, scale=self.scale)
                 y = y.reshape(bw, heads, n, -1)
-        y = y.transpose(1, 2).reshape(bw, n, c3 // 3)
-        return self.proj(y)
+        return y.transpose(1, 2).reshape(bw, n, c3 // 3)
 
 
 class TokenDictionaryAttention(RecordingMixer):
@@ -358,6 +373,7 @@ class ATDTransformerLayer(nn.Module):
         self, dim: int, num_heads: int, window_size: int, shift_size: int, category_size: int, num_tokens: int,
         reducted_dim: int, convffn_kernel_size: int, mlp_ratio: float, qkv_bias: bool, is_last: bool,
         category_attention: type[CategoryAttention] = CategoryAttention,
+        window_attention: Callable[[int, int, int], WindowAttention] = WindowAttention,
     ) -> None:
         super().__init__()
         self.shift_size = shift_size
@@ -369,20 +385,20 @@ class ATDTransformerLayer(nn.Module):
         if not is_last:
             self.norm3 = nn.InstanceNorm1d(num_tokens, affine=True)
         self.wqkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.attn_win = WindowAttention(dim, window_size, num_heads)
+        self.attn_win = window_attention(dim, window_size, num_heads)
         self.attn_atd = TokenDictionaryAttention(dim, reducted_dim, num_tokens, qkv_bias)
         self.attn_aca = category_attention(dim, num_heads, category_size, qkv_bias)
         self.convffn = ConvFFN(dim, _hidden(dim, mlp_ratio), convffn_kernel_size)
 
     def forward(
         self, x: torch.Tensor, dictionary: torch.Tensor, x_size: tuple[int, int], rpi: torch.Tensor,
-        mask: torch.Tensor | None, pure: torch.Tensor | None = None,
+        mask: torch.Tensor | None, pure: torch.Tensor | None = None, condition: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         xn = self.norm1(x)
         qkv = self.wqkv(xn)
         x_td, sim = self.attn_atd(xn, dictionary)
         x_ac = self.attn_aca(qkv, sim, pure)
-        x_w = self.attn_win(qkv, x_size, self.shift_size, rpi, mask)
+        x_w = self.attn_win(qkv, x_size, self.shift_size, rpi, mask, condition)
         x = x + x_w + x_td + x_ac
         x = x + self.convffn(self.norm2(x), x_size)
         if not self.is_last:
@@ -401,24 +417,25 @@ class ATDBasicBlock(nn.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, category_size: int,
                  num_tokens: int, reducted_dim: int, convffn_kernel_size: int, mlp_ratio: float,
-                 qkv_bias: bool, category_attention: type[CategoryAttention] = CategoryAttention) -> None:
+                 qkv_bias: bool, category_attention: type[CategoryAttention] = CategoryAttention,
+                 window_attention: Callable[[int, int, int], WindowAttention] = WindowAttention) -> None:
         super().__init__()
         self.td = nn.Parameter(torch.randn(num_tokens, dim))
         self.layers = nn.ModuleList(
             ATDTransformerLayer(
                 dim, num_heads, window_size, 0 if j % 2 == 0 else window_size // 2, category_size, num_tokens,
                 reducted_dim, convffn_kernel_size, mlp_ratio, qkv_bias, is_last=j == depth - 1,
-                category_attention=category_attention,
+                category_attention=category_attention, window_attention=window_attention,
             )
             for j in range(depth)
         )
 
-    def forward(self, x, x_size, rpi, mask, pure=None):
+    def forward(self, x, x_size, rpi, mask, pure=None, condition=None):
         # A real copy per batch item, as the official `td.repeat`: a stride-0 expanded view makes
         # the dictionary's wk/wv matmuls take another kernel when B > 1 (rounding differs ~1e-7).
         dictionary = self.td.repeat(x.shape[0], 1, 1)
         for layer in self.layers:
-            x, dictionary = layer(x, dictionary, x_size, rpi, mask, pure)
+            x, dictionary = layer(x, dictionary, x_size, rpi, mask, pure, condition)
         return x
 
 
@@ -430,8 +447,8 @@ class ATDB(nn.Module):
         self.residual_group = ATDBasicBlock(dim, **kwargs)
         self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
 
-    def forward(self, x, x_size, rpi, mask, pure=None):
-        y = self.residual_group(x, x_size, rpi, mask, pure)
+    def forward(self, x, x_size, rpi, mask, pure=None, condition=None):
+        y = self.residual_group(x, x_size, rpi, mask, pure, condition)
         return _image_to_tokens(self.conv(_tokens_to_image(y, x_size))) + x
 
 
@@ -491,6 +508,7 @@ class ATD(SRNetwork):
         patch_norm: bool = True,
         img_range: float = 1.0,
         category_attention: type[CategoryAttention] = CategoryAttention,
+        window_attention: Callable[[int, int, int], WindowAttention] = WindowAttention,
     ) -> None:
         depths, num_heads = [int(d) for d in depths], [int(h) for h in num_heads]
         config = {
@@ -519,6 +537,7 @@ class ATD(SRNetwork):
                 embed_dim, depth=depth, num_heads=heads, window_size=window_size, category_size=category_size,
                 num_tokens=num_tokens, reducted_dim=reducted_dim, convffn_kernel_size=convffn_kernel_size,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, category_attention=category_attention,
+                window_attention=window_attention,
             )
             for depth, heads in zip(depths, num_heads, strict=True)
         )
@@ -544,7 +563,7 @@ class ATD(SRNetwork):
         h, w = x.shape[-2:]
         mask = shift_window_mask(h, w, ws, x.device, x.dtype)
         f0 = self.conv_first(x)
-        f = self.conv_after_body(self.forward_features(f0, mask, pure)) + f0
+        f = self.conv_after_body(self.forward_features(f0, mask, pure, self.routing_condition(f0))) + f0
         if self.upsampler == "pixelshuffledirect":
             y = self.upsample(f)
         else:
@@ -556,12 +575,20 @@ class ATD(SRNetwork):
         """A (B, N) token mask of the padded input `x` that AC-MSA may skip (Pure-Pass); None: skip none."""
         return None
 
-    def forward_features(self, f: torch.Tensor, mask: torch.Tensor, pure: torch.Tensor | None = None) -> torch.Tensor:
+    def routing_condition(self, f0: torch.Tensor) -> torch.Tensor | None:
+        """A map computed once from `conv_first`'s output and given to every window attention
+        (CAMixer-ATD-light's global condition); None: the plain window attention needs none."""
+        return None
+
+    def forward_features(
+        self, f: torch.Tensor, mask: torch.Tensor, pure: torch.Tensor | None = None,
+        condition: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x_size = (f.shape[2], f.shape[3])
         rpi = getattr(self, INDEX_BUFFER)
         x = self.patch_embed(f)
         for group in self.layers:
-            x = group(x, x_size, rpi, mask, pure)
+            x = group(x, x_size, rpi, mask, pure, condition)
         x = self.norm(x)
         return _tokens_to_image(x, x_size)
 

@@ -7,6 +7,7 @@ Each family module exposes `detect(state_dict) -> (arch, hyper_parameters) | Non
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,19 @@ import torch
 
 from ..checkpoint import read_state_dict
 from ..errors import CheckpointError, ConfigError
-from . import atd, camixersr, esc, purepass, zoo
+from . import atd, camixer_atd, camixersr, esc, purepass, zoo
 from .base import SRNetwork
 
-FAMILIES = (camixersr, atd, esc, purepass)
+log = logging.getLogger(__name__)
+
+# camixer_atd before atd: a CAMixer-ATD-light state dict holds every ATD-light key too.
+FAMILIES = (camixersr, camixer_atd, atd, esc, purepass)
 
 # Architectures built on another's weights: derived -> base. Loading a base checkpoint with
-# `arch=<derived>` builds the derived network and loads the base weights into it strictly.
-DERIVED = {"pp_atd_light": "atd_light"}
+# `arch=<derived>` builds the derived network and loads the base weights into it strictly; only
+# parameters the derived network adds (its `new_parameter_keys()`, none for pp_atd_light) may be
+# absent: they keep their initialisation, are logged, and are listed in `net.initialised_keys`.
+DERIVED = {"pp_atd_light": "atd_light", "camixer_atd_light": "atd_light"}
 
 # Settings that are not hyper-parameters of the weights: applied after building.
 RUNTIME_OPTIONS = ("ratio", "stochastic", "attn_type", "routing", "pure_threshold")
@@ -44,9 +50,9 @@ def load_model(source: str | Path | Mapping | None = None, **overrides: Any) -> 
     """A network in eval mode from a zoo name, a checkpoint path or a state dict (None: default).
 
     `overrides`: `arch=` to insist on an architecture, or to build a derived one on its base's
-    weights (`arch="pp-atd-light"` on an ATD-light checkpoint); hyper-parameters that shapes cannot
-    tell; runtime options `ratio`, `stochastic` (the official random K of CAMixer), `attn_type`, and
-    for CAMixerSR `routing` ("learned" or "purepass") with its `pure_threshold`.
+    weights (`arch="pp-atd-light"` or `"camixer-atd-light"` on an ATD-light checkpoint; see `DERIVED`);
+    hyper-parameters that shapes cannot tell; runtime options `ratio`, `stochastic` (the official
+    random K of CAMixer), `attn_type`, and for CAMixerSR `routing` ("learned" or "purepass") with its `pure_threshold`.
     """
     name, state_dict, entry_arch = _resolve(source)
     runtime = {k: overrides.pop(k) for k in RUNTIME_OPTIONS if k in overrides}
@@ -60,12 +66,16 @@ def load_model(source: str | Path | Mapping | None = None, **overrides: Any) -> 
             f"expected a checkpoint of one of: {', '.join(known_architectures())}"
         )
     arch, config = found
-    if DERIVED.get(wanted_arch) == arch:
+    derived = DERIVED.get(wanted_arch) == arch
+    if derived:
         arch = wanted_arch
     elif wanted_arch is not None and wanted_arch != arch:
         raise CheckpointError(f"{name} holds a {arch} network ({_describe(config)}), not a {wanted_arch}")
     net = _build(arch, {**config, **overrides}, name)
-    _load_strict(net, state_dict, name)
+    if derived:
+        _load_derived(net, state_dict, name)
+    else:
+        _load_strict(net, state_dict, name)
     net.eval()
     _apply_runtime(net, runtime)
     return net
@@ -133,6 +143,20 @@ def _load_strict(net: SRNetwork, state_dict: dict, name: str) -> None:
         raise CheckpointError(
             f"{name} does not fit {net.arch} ({_describe(net.config)}): " + "; ".join(parts or [str(e)])
         ) from e
+
+
+def _load_derived(net: SRNetwork, state_dict: dict, name: str) -> None:
+    """Base weights into a derived network: strict, except that the parameters the derived network
+    adds and the base lacks keep their initialisation (reported, and kept in `net.initialised_keys`)."""
+    new = getattr(net, "new_parameter_keys", list)()
+    own = net.state_dict()
+    initialised = [k for k in new if k not in state_dict]
+    _load_strict(net, {**state_dict, **{k: own[k] for k in initialised}}, name)
+    net.initialised_keys = initialised
+    if initialised:
+        log.warning("%s: %d keys of %s are not in these %s weights and keep their initialisation "
+                    "(train or fine-tune before use), e.g. %s", name, len(initialised), net.arch,
+                    DERIVED[net.arch], initialised[0])
 
 
 def _diff(expected: dict, given: dict) -> tuple[list[str], list[str], list[str]]:
