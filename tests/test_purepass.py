@@ -247,3 +247,27 @@ def test_routing_on_the_command_line(tmp_path):
     assert refused.returncode == 1 and "offers no choice of routing" in refused.stderr
     assert detailsr("upscale", src, "--routing", "pure").returncode == 2
     assert detailsr("upscale", src, "--pure-threshold", "1.5").returncode == 2
+
+
+def test_eval_takes_the_pp_zoo_name(tmp_path):
+    """`detailsr eval -m pp-atd-light-x2` on the cached ATD-light x2 file (here: seeded weights saved
+    under the release file's name, as a download would leave it)."""
+    from detailsr.models import zoo
+
+    cache = tmp_path / "cache"
+    target = cache / zoo.get("atd-light-x2").file
+    target.parent.mkdir(parents=True)
+    torch.save({"params_ema": atd_light_weights()}, target)
+    data = tmp_path / "set"
+    (data / "HR").mkdir(parents=True)
+    cv2.imwrite(str(data / "HR" / "cup.png"), photo_crop("coffee", 0, 0, 32, 32)[:, :, ::-1])
+    env = {"DETAILSR_CACHE": str(cache)}
+    result = detailsr("eval", "-m", "pp-atd-light-x2", "-d", data, "-s", "2", "--json", tmp_path / "r.json", env=env)
+    assert result.returncode == 0, result.stderr
+    plain = detailsr("eval", "-m", "atd-light-x2", "-d", data, "-s", "2", "--json", tmp_path / "a.json", env=env)
+    assert plain.returncode == 0, plain.stderr
+    import json
+
+    gflops = [json.loads((tmp_path / f).read_text())["datasets"]["set"]["images"]["cup.png"]["gflops"]
+              for f in ("r.json", "a.json")]
+    assert gflops[0] < gflops[1]  # the dark corner is mostly pure: PP executes less
