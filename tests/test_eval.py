@@ -91,4 +91,4 @@ def test_bench_command_interleaves_cases(tmp_path):
     for case in data["cases"]:
         assert case["runs"] == 2 and case["min_s"] <= case["median_s"] <= case["max_s"]
         assert case["peak_memory_mib"] >= 0
-    assert "1.00x" in result.stdout
+    assert "1.000x" in result.stdout
