@@ -44,10 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..choices import ATTENTION_BACKENDS
 from ..errors import ConfigError
 from .base import SRNetwork
-from .layers import Upsampler, gather_tokens
+from .layers import Upsampler, attention, gather_tokens
 from .record import MixerRecord, MixerWork, RecordingMixer
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -148,11 +147,6 @@ def _image_to_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
-
-
 # --------------------------------------------------------------------------------------------------
 # The three token mixers.
 
@@ -211,31 +205,17 @@ class WindowAttention(RecordingMixer):
 
         `mask` (nW, n, n) is added per window, the windows of `windows` being nW per image, in order.
         """
-        _check_backend(self.attn_type)
         bw, n, c3 = windows.shape
         heads = self.num_heads
         qkv = windows.reshape(bw, n, 3, heads, c3 // (3 * heads)).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B*nW, heads, n, d)
-        bias = self.position_bias(rpi)
-        if self.attn_type == "naive":
-            q = q * self.scale
-            a = q @ k.transpose(-2, -1)
-            a = a + bias.unsqueeze(0)
-            if mask is not None:
-                nw = mask.shape[0]
-                a = a.view(bw // nw, nw, heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
-                a = a.view(-1, heads, n, n)
-            y = torch.softmax(a, dim=-1) @ v
-        else:
-            if mask is None:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), scale=self.scale)
-            else:
-                nw = mask.shape[0]
-                full = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(q.dtype)  # (nW, heads, n, n)
-                split = lambda t: t.reshape(bw // nw, nw, heads, n, -1)  # noqa: E731
-                y = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=full, scale=self.scale)
-                y = y.reshape(bw, heads, n, -1)
-        return y.transpose(1, 2).reshape(bw, n, c3 // 3)
+        terms = [self.position_bias(rpi)]  # (heads, n, n)
+        if mask is not None:  # per window: attend as (B, nW, heads, n, d) so that the mask broadcasts
+            nw = mask.shape[0]
+            q, k, v = (t.reshape(bw // nw, nw, heads, n, -1) for t in (q, k, v))
+            terms.append(mask.unsqueeze(1))  # (nW, 1, n, n)
+        y = attention(q, k, v, self.scale, self.attn_type, terms, scale_queries=True)
+        return y.reshape(bw, heads, n, -1).transpose(1, 2).reshape(bw, n, c3 // 3)
 
 
 class TokenDictionaryAttention(RecordingMixer):
@@ -308,7 +288,6 @@ class CategoryAttention(RecordingMixer):
         last `pad` tokens in reverse order; those take part as keys and values, their outputs are
         dropped.
         """
-        _check_backend(self.attn_type)
         b, n, c3 = z.shape
         c, heads = c3 // 3, self.num_heads
         gs = min(n, self.category_size)
@@ -318,12 +297,8 @@ class CategoryAttention(RecordingMixer):
             z = torch.cat([z, torch.flip(z[:, n - pad : n], [1])], dim=1)
         qkv = z.reshape(b, ng, gs, 3, heads, c // heads).permute(3, 0, 1, 4, 2, 5)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, ng, heads, gs, d)
-        scale = torch.clamp(self.logit_scale, max=ACMSA_MAX_LOG_SCALE).exp()
-        if self.attn_type == "naive":
-            a = (q @ k.transpose(-2, -1)) * scale
-            y = torch.softmax(a, dim=-1) @ v
-        else:
-            y = F.scaled_dot_product_attention(q * scale, k, v, scale=1.0)
+        scale = torch.clamp(self.logit_scale, max=ACMSA_MAX_LOG_SCALE).exp()  # learned, no 1/sqrt(d)
+        y = attention(q, k, v, scale, self.attn_type)
         y = y.transpose(2, 3).reshape(b, ng * gs, c)[:, :n]
         self.record = MixerRecord(work=MixerWork(b * n, gs, b * ng, b * (2 * ng * gs * gs * c + n * c * c)))
         return y

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,23 +85,36 @@ class Upsampler(nn.Sequential):
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: str = "sdpa",
-    bias: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor, backend: str = "sdpa",
+    bias: torch.Tensor | Sequence[torch.Tensor] | None = None, scale_queries: bool = False,
 ) -> torch.Tensor:
-    """softmax(q k^T * scale [+ bias]) v over the last two dims; `bias` broadcasts against the scores.
+    """softmax(q k^T * scale [+ bias ...]) v over the last two dims: the attention of every family.
 
-    `naive` spells the softmax out and is the oracle; `sdpa` is torch's fused kernel (the bias
-    goes in as a float attention mask).
+    bias: one additive term or several, each broadcasting against the scores, added in order (a
+    relative-position bias, then a shift mask). scale: a number, or a tensor (a learned logit
+    scale, ATD's AC-MSA). scale_queries: scale q before the product, as the official ATD window
+    attention does (the op order decides the rounding, and the naive path reproduces it).
+    `naive` spells the softmax out and is the oracle; `sdpa` is torch's fused kernel (the bias terms,
+    summed, go in as one float mask; a tensor scale multiplies the queries).
     """
+    terms = () if bias is None else (bias,) if isinstance(bias, torch.Tensor) else tuple(bias)
     if backend == "naive":
-        scores = (q @ k.transpose(-2, -1)) * scale
-        return torch.softmax(scores if bias is None else scores + bias, dim=-1) @ v
+        scores = (q * scale) @ k.transpose(-2, -1) if scale_queries else (q @ k.transpose(-2, -1)) * scale
+        for term in terms:
+            scores = scores + term
+        return torch.softmax(scores, dim=-1) @ v
     if backend == "sdpa":
-        mask = None if bias is None else bias.to(q.dtype)
-        if mask is not None and mask.dim() < q.dim():
-            # a mask of the query's rank lets CPU torch use its flash kernel (5x faster than the
-            # math fallback a broadcast 3-D mask gets)
-            mask = mask.view((1,) * (q.dim() - mask.dim()) + tuple(mask.shape))
+        mask = None
+        for term in terms:
+            mask = term if mask is None else mask + term
+        if mask is not None:
+            mask = mask.to(q.dtype)
+            if mask.dim() < q.dim():
+                # a mask of the query's rank lets CPU torch use its flash kernel (5x faster than the
+                # math fallback a broadcast 3-D mask gets)
+                mask = mask.view((1,) * (q.dim() - mask.dim()) + tuple(mask.shape))
+        if isinstance(scale, torch.Tensor):
+            q, scale = q * scale, 1.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     raise ValueError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
 
