@@ -173,6 +173,9 @@ def test_bench_and_flops_commands_take_pp_models():
     assert "pp-atd-light-x2" in bench.stdout
     flops = detailsr("flops", "-m", "pp-atd-light-x2", "--untrained", "--image", photo("gravel"))
     assert flops.returncode == 0, flops.stderr
+    gravel_share = float(flops.stdout.split("routing")[1].split("%")[0])
+    flat = detailsr("flops", "-m", "pp-atd-light-x2", "--untrained", "--image", photo("coffee"))
+    assert gravel_share > float(flat.stdout.split("routing")[1].split("%")[0])  # the flat-rich photo skips more
 
 
 def test_the_zoo_builds_pp_on_the_atd_light_files():

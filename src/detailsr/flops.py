@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .inference import forward_any_size, ratio_setting
 from .models.base import SRNetwork
+from .models.record import clear_records, mixer_records
 
 aten = torch.ops.aten
 
@@ -95,6 +96,8 @@ class CostReport:
     ratio: float | None
     nominal_flops: int | None
     executed_macs: int
+    # share of (pixel, routed mixer) pairs that took the expensive path (None: nothing is routed)
+    expensive_share: float | None = None
 
     @property
     def executed_flops(self) -> int:
@@ -106,6 +109,9 @@ def cost_report(net: SRNetwork, x: torch.Tensor, ratio: float | None = None) -> 
     h, w = x.shape[-2:]
     with ratio_setting(net, ratio):
         used = getattr(net, "ratio", None)
+        clear_records(net)
         macs = executed_macs(net, x)
         nominal = nominal_flops(net, h, w, used)
-    return CostReport(count_parameters(net), h, w, used, nominal, macs)
+    records = mixer_records(net, routed_only=True)
+    share = torch.stack([r.pixel_mask().float().mean() for r in records]).mean().item() if records else None
+    return CostReport(count_parameters(net), h, w, used, nominal, macs, share)

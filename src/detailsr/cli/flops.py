@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     if report.nominal_flops is not None:
         print(f"nominal      {report.nominal_flops / 1e9:.4f} GFLOPs (paper counter: 2 x MACs for convs and "
               "linears, window attention as MACs)")
+    if report.expensive_share is not None:
+        print(f"routing      {100 * report.expensive_share:.1f} % of the pixels took the expensive path "
+              "(mean over the routed mixers)")
     print(f"executed     {report.executed_macs / 1e9:.4f} GMACs = {report.executed_flops / 1e9:.4f} GFLOPs "
           "(convs, linears, matmuls, attention)")
     return 0
