@@ -250,12 +250,13 @@ def test_executed_work_falls_with_the_ratio():
 # Training.
 
 
-def test_training_returns_the_ratio_loss_and_backpropagates():
+def test_training_returns_the_image_the_ratio_loss_comes_from_the_records_and_backpropagates():
     net = tiny(ratio=0.5).train()
     torch.manual_seed(3)
-    y, loss = net(chelsea())
+    y = net(chelsea())
+    loss = net.auxiliary_losses()["ratio"]
     assert y.shape == (1, 3, 64, 96) and loss.dim() == 0
-    fractions = torch.cat([m.hard_fraction for m in net.routed_attention()], dim=1)
+    fractions = torch.cat([m.record.hard_fraction for m in net.routed_attention()], dim=1)
     assert fractions.shape == (1, LAYERS) and set(fractions.unique().mul(WINDOWS).round().tolist()) <= set(
         range(WINDOWS + 1))
     assert torch.allclose(loss, 2 * 0.5 * (fractions.mean() - 0.5) ** 2)
@@ -264,4 +265,4 @@ def test_training_returns_the_ratio_loss_and_backpropagates():
     for p in (net.global_predictor[0].weight, first.route.out_mask[0].weight, first.route.out_SA[0].weight,
               first.conv_sptial[0].weight, first.relative_position_bias_table, net.conv_first.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
-    assert all(m.record is None for m in net.routed_attention())
+    assert all(m.record.keep is None for m in net.routed_attention())  # no eval routing in training

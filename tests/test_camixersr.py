@@ -206,13 +206,14 @@ def test_batch_items_are_independent_in_deterministic_mode(small_net):
     assert (batch - single).abs().max() < 1e-5
 
 
-def test_training_path_returns_image_and_ratio_loss():
+def test_training_forward_returns_the_image_and_the_ratio_loss_comes_from_the_records():
     torch.manual_seed(0)
     net = CAMixerSR(n_feats=12, n_block=(1, 1), scale=2, ratio=0.5).train()
     x = torch.rand(2, 3, 32, 32)
-    y, loss = net(x)
+    y = net(x)
+    loss = net.auxiliary_losses()["ratio"]
     assert y.shape == (2, 3, 64, 64)
-    fractions = torch.cat([m.hard_fraction for m in net.modules() if isinstance(m, CAMixer)], dim=1)
+    fractions = torch.cat([m.record.hard_fraction for m in net.modules() if isinstance(m, CAMixer)], dim=1)
     assert fractions.shape == (2, 2)
     assert loss.item() == pytest.approx(2 * 0.5 * (fractions.mean().item() - 0.5) ** 2)
     (y.mean() + loss).backward()

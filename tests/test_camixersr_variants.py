@@ -264,9 +264,10 @@ def test_odi_training_returns_image_and_ratio_loss_with_gradients():
     net = small_odi().train()
     x = torch.rand(2, 3, 32, 32)
     torch.manual_seed(1)
-    y, loss = net(x, latitude_condition(32, 32, x))
+    y = net(x, latitude_condition(32, 32, x))
+    loss = net.auxiliary_losses()["ratio"]
     assert y.shape == (2, 3, 64, 64) and loss.ndim == 0 and torch.isfinite(loss)
-    g_bar = torch.cat([m.hard_fraction for m in net.mixers()], dim=1).mean()
+    g_bar = torch.cat([m.record.hard_fraction for m in net.mixers()], dim=1).mean()
     assert torch.equal(loss, (g_bar - 0.5) ** 2)  # no 2*ratio factor in the ODI code
     (y.abs().mean() + loss).backward()
     for name in ("head.weight", "dcn.conv_offset.weight", "body.0.body_tail.weight",

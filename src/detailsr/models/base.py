@@ -49,6 +49,11 @@ class SRNetwork(nn.Module):
             if m is not self and hasattr(m, "set_ratio"):
                 m.set_ratio(ratio)
 
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
+        """Losses besides the reconstruction that the last training forward asks for, by name (e.g.
+        CAMixer's "ratio"); none for most networks. The forward itself always returns the image."""
+        return {}
+
     def current_ratio(self) -> Any:
         """What `set_ratio` takes to restore the present routing setting."""
         return self.ratio

@@ -103,7 +103,6 @@ class CAMixer(RecordingMixer):
         self.stochastic = False  # True: the official Gumbel draw sets K (uses the global torch RNG)
         self.attn_type = "sdpa"
         self.dense_reference = False
-        self.hard_fraction: torch.Tensor | None = None
         # Pure-Pass window routing (set by the network for each forward): each window's share of
         # pure pixels (B, N); a window whose share reaches `pure_threshold` never attends.
         self.window_pure: torch.Tensor | None = None
@@ -123,7 +122,7 @@ class CAMixer(RecordingMixer):
         self.route.ratio = ratio
 
     def forward(self, x: torch.Tensor, global_condition: torch.Tensor):
-        """The mixed features; in training also sets `hard_fraction`, the attended share (B, 1)."""
+        """The mixed features; a training forward records the attended share (B, 1) for the ratio loss."""
         ws = self.window_size
         b, _, h, w = x.shape
         v = self.project_v(x)
@@ -134,8 +133,7 @@ class CAMixer(RecordingMixer):
 
         if self.training:
             mask = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
-            self.hard_fraction = mask.mean(1)  # (B, 1), read by the network's ratio loss
-            self.record = None
+            self.record = MixerRecord(hard_fraction=mask.mean(1))  # (B, 1), read by the ratio loss
             return self._finish(self._mix_dense(x, k_in, v, sa, mask), ca)
 
         keep = self._veto_pure(self._select(p))
@@ -299,7 +297,7 @@ class CAMixerODI(CAMixer):
         return torch.roll(t, shifts=(sign * self.shift, sign * self.shift), dims=(2, 3))
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor):
-        """The mixed features; in training also sets `hard_fraction`, the attended share (B, 1)."""
+        """The mixed features; a training forward records the attended share (B, 1) for the ratio loss."""
         ws = self.window_size
         b, _, h, w = x.shape
         v = self._roll(self.project_v(x), -1)
@@ -310,8 +308,7 @@ class CAMixerODI(CAMixer):
 
         if self.training:
             mask = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
-            self.hard_fraction = mask.mean(1)  # (B, 1), read by the network's ratio loss
-            self.record = None
+            self.record = MixerRecord(hard_fraction=mask.mean(1))  # (B, 1), read by the ratio loss
             return self._finish(self._roll(self._mix_dense(qk, qk, v, sa, mask), 1), ca)
 
         keep = self._select(p)

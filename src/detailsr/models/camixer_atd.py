@@ -32,9 +32,10 @@ Constructor flags (names are ours; defaults as the spec):
   shared, already projected QKV does not offer).
 
 Training (`net.train()`): as CAMixer, every window attends densely under a Gumbel hard mask drawn
-from the predictor's probabilities used as logits, and the network returns `(image, ratio_loss)`
-with CAMixer's `2 * ratio * (mean attended share - 0.5) ** 2` (target 0.5 whatever the ratio). The
-new Linear layers get ATD's initialisation (truncated normal 0.02), since they are built inside it.
+from the predictor's probabilities used as logits; the forward returns the image, and
+`auxiliary_losses()` gives CAMixer's ratio loss `2 * ratio * (mean share - 0.5) ** 2`
+(target 0.5 whatever the ratio). The new Linear layers get ATD's initialisation (truncated normal
+0.02), since they are built inside it.
 
 Oracle: `dense_reference = True` on a mixer computes the eval routing the training way (all windows,
 masked), which the gather path is tested against. Records: each routed mixer's `record` holds the
@@ -58,7 +59,7 @@ from .atd import ATDLight, ATDTransformerLayer, WindowAttention
 from .base import SRNetwork
 from .camixer import PredictorLG, deterministic_k, official_k, window_condition
 from .layers import flow_warp, gather_windows, scatter_windows_, window_partition, window_unpartition
-from .record import MixerRecord, MixerWork
+from .record import MixerRecord, MixerWork, attended_share
 
 GLOBAL_WIDTH = 8  # CAMixerSR's global predictor: C -> 8 -> 2 channels
 FIRST_LAYER = "layers.0.residual_group.layers.0.attn_win."
@@ -96,7 +97,6 @@ class RoutedWindowAttention(WindowAttention):
         self.ratio = ratio
         self.stochastic = False  # True: CAMixer's official random K (uses the global torch RNG)
         self.dense_reference = False
-        self.hard_fraction: torch.Tensor | None = None
         self.route = WindowPredictor(dim, window_size, ratio, deformable)
         self.conv_sptial = nn.Sequential(
             nn.Conv2d(dim, dim, 3, 1, 1, groups=dim),
@@ -111,7 +111,7 @@ class RoutedWindowAttention(WindowAttention):
         self, qkv: torch.Tensor, x_size: tuple[int, int], shift: int, rpi: torch.Tensor, mask: torch.Tensor | None,
         condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """qkv (B, N, 3C) -> (B, N, C); in training also sets `hard_fraction`, the attended share (B, 1)."""
+        """qkv (B, N, 3C) -> (B, N, C); a training forward records the attended share (B, 1)."""
         if condition is None:
             raise ValueError("the routed window attention needs the global condition (routing_condition)")
         b, n_tok, c3 = qkv.shape
@@ -132,8 +132,7 @@ class RoutedWindowAttention(WindowAttention):
 
         if self.training:
             hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
-            self.hard_fraction = hard.mean(1)  # (B, 1), read by the network's ratio loss
-            self.record = None
+            self.record = MixerRecord(hard_fraction=hard.mean(1))  # (B, 1), read by the ratio loss
             a = self._mix_dense(maps, v, sa, hard, rpi, attn_mask)
         else:
             keep = self._select(p)
@@ -237,17 +236,12 @@ class CAMixerATDLight(ATDLight):
     def routing_condition(self, f0: torch.Tensor) -> torch.Tensor:
         return self.global_predictor(f0)
 
-    def forward(self, x: torch.Tensor):
-        y = super().forward(x)
-        return (y, self.ratio_loss()) if self.training else y
-
     def routed_attention(self) -> list[RoutedWindowAttention]:
         return [m for m in self.modules() if isinstance(m, RoutedWindowAttention)]
 
-    def ratio_loss(self) -> torch.Tensor:
-        """2 * ratio * (mean attended share over layers, windows and batch - 0.5)^2 (CAMixer's)."""
-        fractions = torch.cat([m.hard_fraction for m in self.routed_attention()], dim=1)
-        return 2 * self.ratio * (fractions.mean() - 0.5) ** 2
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
+        """CAMixer's ratio loss of the last training forward: 2 ratio (mean attended share - 0.5)^2."""
+        return {"ratio": 2 * self.ratio * (attended_share(self) - 0.5) ** 2}
 
     def new_parameter_keys(self) -> list[str]:
         """State-dict keys an ATD-light of the same configuration does not have (the routing)."""

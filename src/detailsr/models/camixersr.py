@@ -21,6 +21,7 @@ from .base import SRNetwork
 from .camixer import WINDOW, CAMixer, CAMixerODI
 from .layers import LayerNorm2d, Upsampler, pad_to_multiple
 from .purepass import pure_mask
+from .record import attended_share
 
 
 class GatedFeedForward(nn.Module):
@@ -72,7 +73,7 @@ def window_pure_share(x: torch.Tensor, window: int) -> torch.Tensor:
 
 
 class CAMixerSR(SRNetwork):
-    """CAMixerSR. Eval: `net(x)` -> image. Training: `net(x)` -> (image, ratio loss)."""
+    """CAMixerSR. `net(x)` -> image; after a training forward `auxiliary_losses()` gives the ratio loss."""
 
     arch = "camixersr"
     min_size = WINDOW  # the official reflect padding needs the pad to be smaller than the side
@@ -122,18 +123,15 @@ class CAMixerSR(SRNetwork):
         for group in self.body:
             f = group(f, global_condition)
         f = self.body_tail(f) + shortcut
-        y = self.tail(f)[:, :, : h * self.scale, : w * self.scale]
-        if self.training:
-            return y, self.ratio_loss()
-        return y
+        return self.tail(f)[:, :, : h * self.scale, : w * self.scale]
 
     def mixers(self) -> list[CAMixer]:
         return [m for m in self.modules() if isinstance(m, CAMixer)]
 
-    def ratio_loss(self) -> torch.Tensor:
-        """2 * ratio * (mean attended fraction over blocks, windows and batch - 0.5)^2."""
-        fractions = torch.cat([m.hard_fraction for m in self.mixers()], dim=1)
-        return 2 * self.ratio * (fractions.mean() - 0.5) ** 2
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
+        """The ratio loss of the last training forward: 2 ratio (mean attended share - 0.5)^2,
+        the share over blocks, windows and batch."""
+        return {"ratio": 2 * self.ratio * (attended_share(self) - 0.5) ** 2}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,10 +388,7 @@ class CAMixerOSR(SRNetwork):
             f = group(f, condition)
         f = self.body_tail(f)
         f = self.dcn(f, self.offset_conv(condition)) + shortcut
-        y = self.tail(f) + self.mean
-        if self.training:
-            return y, self.ratio_loss()
-        return y
+        return self.tail(f) + self.mean
 
     def condition_for(self, x: torch.Tensor) -> torch.Tensor:
         """The cos-latitude map of `x` taken as a whole ERP panorama."""
@@ -402,10 +397,9 @@ class CAMixerOSR(SRNetwork):
     def mixers(self) -> list[CAMixerODI]:
         return [m for m in self.modules() if isinstance(m, CAMixerODI)]
 
-    def ratio_loss(self) -> torch.Tensor:
-        """(mean attended fraction over blocks, windows and batch - 0.5)^2; no ratio factor in ODI."""
-        fractions = torch.cat([m.hard_fraction for m in self.mixers()], dim=1)
-        return (fractions.mean() - 0.5) ** 2
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
+        """The ODI ratio loss of the last training forward: (mean attended share - 0.5)^2, no ratio factor."""
+        return {"ratio": (attended_share(self) - 0.5) ** 2}
 
 
 # --------------------------------------------------------------------------------------------------

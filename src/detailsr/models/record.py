@@ -4,7 +4,9 @@ Window routing (CAMixer): the indices of the windows that took the expensive pat
 grid of `window`-pixel windows, cyclically shifted by `shift` for ODI mixers. Pixel routing
 (Pure-Pass): an `expensive` map at feature resolution. A dense mixer (ATD's window attention or
 TDCA) records only its `work`. `routing_maps`, `detailsr mask`, the FLOPs tools and `eval` read
-these records through `mixer_records` / `routed_mixers`, never through attribute names.
+these records through `mixer_records` / `routed_mixers`, never through attribute names. A training
+forward of a routed mixer records the share it attended, with its gradient, for the network's
+`auxiliary_losses` (CAMixer's ratio loss).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class MixerRecord:
     # (and the same columns) of the map, modulo its size. 0 but for ODI mixers.
     shift: int = 0
     expensive: torch.Tensor | None = None  # (B, H, W) bool: pixel routing, True = the expensive path
+    # training forwards: the attended share (B, 1) of a Gumbel hard mask, with its gradient (ratio loss)
+    hard_fraction: torch.Tensor | None = None
 
     @property
     def n_windows(self) -> int:
@@ -101,3 +105,11 @@ def mixer_records(net: nn.Module, routed_only: bool = False) -> list[MixerRecord
 def clear_records(net: nn.Module) -> None:
     for m in recording_mixers(net):
         m.record = None
+
+
+def attended_share(net: nn.Module) -> torch.Tensor:
+    """The mean attended share of the last training forward over routed mixers, windows and batch."""
+    fractions = [r.hard_fraction for r in mixer_records(net, routed_only=True) if r.hard_fraction is not None]
+    if not fractions:
+        raise RuntimeError("no routed mixer ran a training forward: call the network in train mode first")
+    return torch.cat(fractions, dim=1).mean()
