@@ -59,7 +59,7 @@ def ssim(sr: np.ndarray, hr: np.ndarray, crop_border: int = 0, y_channel: bool =
 def ws_psnr(sr: np.ndarray, hr: np.ndarray, crop_border: int = 0, y_channel: bool = False) -> float:
     """WS-PSNR of an equirectangular image: squared errors weighted by the cosine of each row's latitude."""
     a, b, peak = _prepare(sr, hr, crop_border, y_channel)
-    weights = _erp_row_weights(a.shape[0]).reshape((-1,) + (1,) * (a.ndim - 1))
+    weights = erp_row_weights(a.shape[0]).reshape((-1,) + (1,) * (a.ndim - 1))
     # Both means run over every element (the row weight broadcast to each column and channel).
     mse = np.mean(weights * (a - b) ** 2) / np.mean(np.broadcast_to(weights, a.shape))
     return _psnr_from_mse(mse, peak)
@@ -75,7 +75,7 @@ def ws_ssim(sr: np.ndarray, hr: np.ndarray, crop_border: int = 0, y_channel: boo
     values = []
     for x, y in _channels(a, b):
         ssim_map = _ssim_map(x, y, peak)
-        weights = np.broadcast_to(_erp_row_weights(ssim_map.shape[0])[:, None], ssim_map.shape)
+        weights = np.broadcast_to(erp_row_weights(ssim_map.shape[0])[:, None], ssim_map.shape)
         values.append(np.mean(ssim_map * weights) / np.mean(weights))
     return float(np.mean(values))
 
@@ -173,7 +173,7 @@ def _ssim_map(a: np.ndarray, b: np.ndarray, peak: float) -> np.ndarray:
     return numerator / ((mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2))
 
 
-def _erp_row_weights(rows: int) -> np.ndarray:
+def erp_row_weights(rows: int) -> np.ndarray:
     """Cosine of the latitude of each row centre of an equirectangular image with ``rows`` rows."""
     i = np.arange(rows, dtype=np.float64)
     # Same operation order as the official genERP: (i - N/2 + 0.5) * pi / N.
