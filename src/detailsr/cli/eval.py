@@ -8,8 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..choices import BLENDS, PROTOCOLS
-from ..errors import UsageError
-from .options import add_model_options, load_from_args, non_negative_int, positive_int, ratio_value, show_progress
+from .options import (
+    add_model_options,
+    check_tiles,
+    load_from_args,
+    non_negative_int,
+    positive_int,
+    ratio_value,
+    show_progress,
+)
 
 if TYPE_CHECKING:
     from ..evaluation import DatasetResult
@@ -40,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import hr_files
     from ..imageio import write_bytes_atomic
 
-    if args.tile is not None and args.tile <= args.tile_overlap:
-        raise UsageError(f"--tile {args.tile} must be larger than --tile-overlap {args.tile_overlap}")
+    check_tiles(args)
     folders = [Path(d) for d in args.datasets]
     for folder in folders:
         hr_files(folder)  # fail on a bad folder before loading the model

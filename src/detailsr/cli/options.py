@@ -58,6 +58,12 @@ def _number(text: str, kind: type, what: str):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
 
+def check_tiles(args: argparse.Namespace) -> None:
+    """--tile must exceed --tile-overlap: otherwise the stride collapses to 1 pixel (thousands of tiles)."""
+    if args.tile is not None and args.tile <= args.tile_overlap:
+        raise UsageError(f"--tile {args.tile} must be larger than --tile-overlap {args.tile_overlap}")
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", help="zoo name (see `detailsr models`) or checkpoint file "
                    "(default: the embedded CAMixerSR-S x4)")

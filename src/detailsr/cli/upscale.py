@@ -15,6 +15,7 @@ from ..choices import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, WRITE_EXTENSIONS
 from ..errors import ConfigError, DetailSRError, ImageError, UsageError
 from .options import (
     add_model_options,
+    check_tiles,
     load_from_args,
     non_negative_int,
     positive_float,
@@ -75,8 +76,7 @@ class Source:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.tile is not None and args.tile <= args.tile_overlap:
-        raise UsageError(f"--tile {args.tile} must be larger than --tile-overlap {args.tile_overlap}")
+    check_tiles(args)
     sources = expand_inputs(args.inputs, args.recursive, args.suffix, args.output)
     net = load_from_args(args)
     check_model_fits(args, net)
