@@ -278,6 +278,7 @@ USAGE_ERRORS = [
     ("eval", ["-d", "DATA", "-s", "4", "--protocol", "z"], "--protocol"),
     ("eval", ["-d", "DATA", "-s", "4", "--tile-overlap", "-1"], "--tile-overlap"),
     ("eval", ["-d", "DATA", "-s", "4", "--blend", "max"], "--blend"),
+    ("eval", ["-d", "DATA", "-s", "4", "--tile", "16"], "--tile 16 must be larger than --tile-overlap 16"),
     ("flops", ["--size", "0x4"], "--size"),
     ("flops", ["--size", "big"], "--size"),
     ("flops", ["--size", "8x8", "--image", "IMG"], "--size or --image"),
