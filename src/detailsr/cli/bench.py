@@ -17,6 +17,7 @@ from .options import (
     non_negative_int,
     positive_int,
     ratio_value,
+    runtime_options,
     to_device,
     use_threads,
 )
@@ -54,10 +55,8 @@ def build_cases(args: argparse.Namespace) -> list:
     if args.untrained and not args.models:
         raise UsageError("--untrained needs -m with zoo model names")
     cases = []
+    options = runtime_options(args)
     for name in args.models or [None]:
-        options = {"attn_type": args.attn} if args.attn else {}
-        if args.routing or args.pure_threshold is not None:
-            options.update(routing=args.routing, pure_threshold=args.pure_threshold)
         net = to_device((build_untrained if args.untrained else load_model)(name, **options), args.device)
         ratios = args.ratio if (args.ratio and net.content_aware) else [None]
         for ratio in ratios:

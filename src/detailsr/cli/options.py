@@ -91,13 +91,7 @@ def load_from_args(args: argparse.Namespace):
     from ..models.registry import build_untrained, load_model
 
     use_threads(args)
-    options = {}
-    if args.attn:
-        options["attn_type"] = args.attn
-    if args.stochastic:
-        options["stochastic"] = True
-    if args.routing or args.pure_threshold is not None:
-        options.update(routing=args.routing, pure_threshold=args.pure_threshold)
+    options = runtime_options(args)
     if getattr(args, "untrained", False):
         if not args.model:
             raise UsageError("--untrained needs -m with a zoo model name")
@@ -105,6 +99,18 @@ def load_from_args(args: argparse.Namespace):
     else:
         net = load_model(args.model, **options)
     return to_device(net, args.device)
+
+
+def runtime_options(args: argparse.Namespace) -> dict:
+    """The `load_model` runtime options the command line asked for (attention, stochastic K, routing)."""
+    options = {}
+    if args.attn:
+        options["attn_type"] = args.attn
+    if getattr(args, "stochastic", False):
+        options["stochastic"] = True
+    if args.routing or args.pure_threshold is not None:
+        options.update(routing=args.routing, pure_threshold=args.pure_threshold)
+    return options
 
 
 def use_threads(args: argparse.Namespace) -> None:

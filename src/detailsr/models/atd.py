@@ -495,7 +495,8 @@ class ATD(SRNetwork):
         }
         _check_config(config)
         super().__init__(scale, config)
-        self.arch = "atd_light" if upsampler == "pixelshuffledirect" else "atd"
+        if type(self).arch in ("atd", "atd_light"):  # the tail tells the two apart; variants name themselves
+            self.arch = "atd_light" if upsampler == "pixelshuffledirect" else "atd"
         self.window_size = window_size
         self.min_size = (window_size + 1) // 2
         self.img_range = img_range

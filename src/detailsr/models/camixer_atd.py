@@ -219,7 +219,6 @@ class CAMixerATDLight(ATDLight):
                  **kwargs: Any) -> None:
         routed = functools.partial(RoutedWindowAttention, ratio=ratio, deformable=deformable)
         super().__init__(scale, window_attention=routed, **kwargs)
-        self.arch = "camixer_atd_light"
         self.shift, self.deformable = bool(shift), bool(deformable)
         self.config.update(shift=self.shift, deformable=self.deformable)
         if not self.shift:

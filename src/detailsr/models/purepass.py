@@ -39,7 +39,7 @@ from ..errors import ConfigError
 from .atd import ATDLight, CategoryAttention, category_sort
 from .base import SRNetwork
 from .layers import gather_tokens, scatter_tokens_
-from .record import MixerRecord, MixerWork
+from .record import MixerRecord, MixerWork, mixer_records
 
 DEFAULT_CENTRES = 24
 DEFAULT_WINDOW = 4
@@ -296,7 +296,6 @@ class PPATDLight(ATDLight):
         if pure_pass.targets != ("ac_msa",):
             raise ConfigError(f"PP-ATD-light skips AC-MSA only; pp_targets {list(pp_targets)} is not offered")
         super().__init__(scale, category_attention=PureCategoryAttention, **kwargs)
-        self.arch = "pp_atd_light"
         self.pure_pass = pure_pass
         self.pp_enabled = True
         self.config.update(pp_num_centres=pp_num_centres, pp_window=pp_window,
@@ -315,10 +314,8 @@ class PPATDLight(ATDLight):
 
     def pure_share(self) -> float | None:
         """Share of pure pixels in the last forward (of the padded input), None before any."""
-        records = [m.record for m in self.modules() if isinstance(m, PureCategoryAttention) and m.record]
-        if not records or records[0].expensive is None:
-            return None
-        return 1.0 - records[0].expensive.float().mean().item()
+        records = [r for r in mixer_records(self, routed_only=True) if r.expensive is not None]
+        return 1.0 - records[0].expensive.float().mean().item() if records else None
 
 
 ARCHITECTURES = {"pp_atd_light": PPATDLight}
