@@ -21,6 +21,10 @@ class ConfigError(DetailSRError):
     """An impossible setting: a scale the model does not have, a ratio outside [0, 1], ..."""
 
 
+class TrainingError(DetailSRError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
 class ModelNotFoundError(CheckpointError):
     """A zoo model is not in the local cache and cannot be downloaded."""
 

@@ -12,10 +12,10 @@ import sys
 
 from .. import __version__
 from ..errors import DetailSRError, UsageError
-from . import bench, flops, mask, models, upscale
+from . import bench, flops, mask, models, train, upscale
 from . import eval as eval_command
 
-COMMANDS = (upscale, eval_command, flops, bench, mask, models)
+COMMANDS = (upscale, eval_command, flops, bench, mask, models, train)
 USAGE_EXIT = 2
 
 

@@ -7,6 +7,7 @@ workers and whichever worker draws it: a training run can be reproduced and resu
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -19,6 +20,8 @@ from ..choices import READ_EXTENSIONS
 from ..errors import ConfigError, ImageError
 from ..imageio import read_image, write_image
 from ..resize import bicubic_downscale, mod_crop
+
+log = logging.getLogger(__name__)
 
 _MAX_VALUE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 _MASK64 = (1 << 64) - 1
@@ -52,6 +55,8 @@ class PairedImages(Dataset):
         self.seed = 0
         self.epoch = 0
         self.hr_files = _image_files(self.hr_dir)
+        if patch is not None:
+            self.hr_files = _large_enough(self.hr_files, patch * scale)
         # Missing LR files are found now, not hours into training.
         self.lr_files = None if lr_dir is None else [_lr_file(Path(lr_dir), p, scale) for p in self.hr_files]
         self.cache_dir = None if cache_dir is None else Path(cache_dir) / f"X{scale}"
@@ -165,6 +170,27 @@ def _image_files(folder: Path) -> list[Path]:
     if not files:
         raise ImageError(f"HR folder {folder} holds no images ({' '.join(sorted(READ_EXTENSIONS))})")
     return files
+
+
+def _large_enough(files: list[Path], side: int) -> list[Path]:
+    """The images with both sides >= `side` (a patch cannot be cut from the others); header reads only."""
+    from PIL import Image
+
+    def size(path: Path) -> tuple[int, int]:
+        try:
+            with Image.open(path) as img:
+                return img.size
+        except (OSError, ValueError) as e:
+            raise ImageError(f"{path} is not a readable image: {e}") from None
+
+    kept = [p for p in files if min(size(p)) >= side]
+    if not kept:
+        raise ImageError(f"no image in {files[0].parent} is at least {side}x{side} pixels, "
+                         f"the HR size of one training patch")
+    if len(kept) < len(files):
+        log.warning("%s: %d of %d images are smaller than one %dx%d HR patch and are left out",
+                    files[0].parent, len(files) - len(kept), len(files), side, side)
+    return kept
 
 
 def _lr_file(lr_dir: Path, hr_path: Path, scale: int) -> Path:

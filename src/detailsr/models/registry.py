@@ -96,6 +96,37 @@ def build_untrained(name: str, **runtime: Any) -> SRNetwork:
     return net
 
 
+def build_network(arch: str, scale: int, config: Mapping[str, Any] | None = None) -> SRNetwork:
+    """A freshly initialised network of `arch` (e.g. "camixersr", "esc-light" is not an arch: use
+    "esc" with its hyper-parameters) for `scale`, in training mode; for training from scratch."""
+    return _build(str(arch).replace("-", "_"), {**(config or {}), "scale": scale}, str(arch)).train()
+
+
+def read_weights(source: str | Path | Mapping) -> tuple[str, dict[str, torch.Tensor]]:
+    """(name, state dict) of a zoo name, a checkpoint file or a state dict, as `load_model` reads it."""
+    name, state_dict, _ = _resolve(source)
+    return name, state_dict
+
+
+def load_weights_into(net: SRNetwork, state_dict: Mapping[str, torch.Tensor], name: str, strict: bool = True) -> None:
+    """Weights into a built network: strict (every key, every shape; a derived network keeps its
+    new parameters' initialisation), or not: the keys whose shapes fit, the others reported."""
+    if strict:
+        if net.arch in DERIVED:
+            _load_derived(net, dict(state_dict), name)
+        else:
+            _load_strict(net, dict(state_dict), name)
+        return
+    own = net.state_dict()
+    fitting = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    net.load_state_dict(fitting, strict=False)
+    skipped = [k for k in own if k not in fitting]
+    net.initialised_keys = skipped
+    if skipped:
+        log.warning("%s: %d of %d keys of %s loaded; %d keep their initialisation (missing or other shapes), "
+                    "e.g. %s", name, len(fitting), len(own), net.arch, len(skipped), skipped[0])
+
+
 def _resolve(source) -> tuple[str, dict[str, torch.Tensor], str | None]:
     """(name, state dict, the architecture a zoo entry asks for)."""
     if source is None:
