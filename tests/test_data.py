@@ -191,13 +191,16 @@ def test_sixteen_bit_source_is_scaled_by_65535(tmp_path: Path):
     assert 0.0 <= float(lr.min()) and float(lr.max()) <= 1.0
 
 
-def test_image_smaller_than_the_patch_is_an_error(tmp_path: Path):
-    shutil.copy(photo("camera"), tmp_path / "camera.png")
-    ds = PairedImages(tmp_path, 2, patch=65)  # LR is 64x64
-    with pytest.raises(ImageError, match="camera.png") as info:
-        ds[0]
+def test_images_smaller_than_the_patch_are_left_out_and_none_left_is_an_error(tmp_path: Path, caplog):
+    shutil.copy(photo("camera"), tmp_path / "camera.png")  # 128x128: LR 64x64 at x2
+    with pytest.raises(ImageError, match="no image in .* is at least 130x130") as info:
+        PairedImages(tmp_path, 2, patch=65)
     assert "\n" not in str(info.value)
     assert PairedImages(tmp_path, 2, patch=64)[0][0].shape == (3, 64, 64)
+    shutil.copy(photo("coffee"), tmp_path / "coffee.png")  # 300x200
+    ds = PairedImages(tmp_path, 2, patch=65)
+    assert [p.name for p in ds.hr_files] == ["coffee.png"] and len(ds) == 1
+    assert "1 of 2 images are smaller than one 130x130 HR patch" in caplog.text
 
 
 def test_repeat_lists_every_image_repeat_times(hr_dir: Path):

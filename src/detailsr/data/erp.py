@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, ImageError
 from ..imageio import read_image, write_image
 from ..models.camixersr import latitude_condition, pixel_centres
-from .paired import _check_settings, _image_files, _to_tensor, mix_seed
+from .paired import check_settings, chw_tensor, image_files, mix_seed
 
 # The fisheye disc has radius 1.25 with the equator at 1: it reaches 22.5 degrees into the other
 # hemisphere, so the bicubic downscale near the equator has real pixels on both sides.
@@ -163,7 +163,7 @@ class ERPPatches(Dataset):
     ) -> None:
         if patch is None:
             raise ConfigError("ERPPatches needs a patch size: whole panoramas are not batched for training")
-        _check_settings(scale, patch, repeat)
+        check_settings(scale, patch, repeat)
         self.erp_size = _checked_erp_size(erp_size)
         self.hr_dir = Path(hr_dir)
         self.scale = scale
@@ -172,7 +172,7 @@ class ERPPatches(Dataset):
         self.repeat = repeat
         self.seed = 0
         self.epoch = 0
-        self.hr_files = _image_files(self.hr_dir)
+        self.hr_files = image_files(self.hr_dir)
         self.lr_size = (self.erp_size[0] // scale, self.erp_size[1] // scale)
         # Known from the settings alone: fail now, not at the first batch.
         if min(self.lr_size) < patch:
@@ -208,8 +208,8 @@ class ERPPatches(Dataset):
         if self.augment and bool(torch.rand(1, generator=generator) < 0.5):
             lr, hr = lr[:, ::-1], hr[:, ::-1]
         return {
-            "lr": _to_tensor(lr),
-            "hr": _to_tensor(hr),
+            "lr": chw_tensor(lr),
+            "hr": chw_tensor(hr),
             # A copy: a view would carry the whole map's storage into every batch.
             "condition": self._condition[:, y : y + p, x : x + p].clone(),
             "top": torch.tensor(y * s, dtype=torch.int64),

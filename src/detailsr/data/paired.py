@@ -46,7 +46,7 @@ class PairedImages(Dataset):
         cache_dir: str | os.PathLike[str] | None = None,
         repeat: int = 1,
     ) -> None:
-        _check_settings(scale, patch, repeat)
+        check_settings(scale, patch, repeat)
         self.hr_dir = Path(hr_dir)
         self.scale = scale
         self.patch = patch
@@ -54,7 +54,7 @@ class PairedImages(Dataset):
         self.repeat = repeat
         self.seed = 0
         self.epoch = 0
-        self.hr_files = _image_files(self.hr_dir)
+        self.hr_files = image_files(self.hr_dir)
         if patch is not None:
             self.hr_files = _large_enough(self.hr_files, patch * scale)
         # Missing LR files are found now, not hours into training.
@@ -81,7 +81,7 @@ class PairedImages(Dataset):
             lr, hr = self._crop(lr, hr, generator, self.hr_files[k])
         if self.augment:
             lr, hr = _augment(lr, hr, generator)
-        return _to_tensor(lr), _to_tensor(hr)
+        return chw_tensor(lr), chw_tensor(hr)
 
     # ------------------------------------------------------------------------------------------ LR
 
@@ -154,7 +154,7 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _check_settings(scale: int, patch: int | None, repeat: int) -> None:
+def check_settings(scale: int, patch: int | None, repeat: int) -> None:
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ConfigError(f"scale must be a positive integer, got {scale!r}")
     if patch is not None and (isinstance(patch, bool) or not isinstance(patch, int) or patch < 1):
@@ -163,7 +163,7 @@ def _check_settings(scale: int, patch: int | None, repeat: int) -> None:
         raise ConfigError(f"repeat must be a positive integer, got {repeat!r}")
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ImageError(f"HR folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in READ_EXTENSIONS)
@@ -227,7 +227,7 @@ def _transpose(a: np.ndarray) -> np.ndarray:
     return a.transpose(1, 0, 2)
 
 
-def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
+def chw_tensor(pixels: np.ndarray) -> torch.Tensor:
     """H x W x C uint8/uint16 (any strides) -> C x H x W float32 in [0, 1]."""
     scaled = pixels.astype(np.float32) / np.float32(_MAX_VALUE[pixels.dtype])
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
