@@ -84,7 +84,7 @@ class PeakMemory:
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def measure(cases: list[Case], x: torch.Tensor, runs: int = 5, warmup: int = 1) -> None:
     """Warm every case up, then time `runs` rounds, each round running every case once."""
     for case in cases:

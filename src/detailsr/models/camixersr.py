@@ -19,6 +19,7 @@ from ..choices import ROUTINGS
 from ..errors import ConfigError
 from .base import SRNetwork
 from .camixer import WINDOW, CAMixer, CAMixerODI
+from .camixer_fast import run_body
 from .layers import LayerNorm2d, Upsampler, pad_to_multiple
 from .purepass import pure_mask
 from .record import attended_share
@@ -94,6 +95,7 @@ class CAMixerSR(SRNetwork):
         self.tail = Upsampler(n_feats, scale)
         self.set_ratio(ratio)
         self.routing = "learned"
+        self.fast_path = True
 
     def set_routing(self, routing: str, pure_threshold: float | None = None) -> None:
         """"learned" (the predictor's top-K windows, the official routing) or "purepass": of those,
@@ -119,11 +121,19 @@ class CAMixerSR(SRNetwork):
                 m.window_pure = shares
         f = self.head(x)
         global_condition = self.global_predictor(f)
-        shortcut = f
-        for group in self.body:
-            f = group(f, global_condition)
-        f = self.body_tail(f) + shortcut
+        if self._use_fast_path():
+            f = run_body(self, f, global_condition)
+        else:
+            shortcut = f
+            for group in self.body:
+                f = group(f, global_condition)
+            f = self.body_tail(f) + shortcut
         return self.tail(f)[:, :, : h * self.scale, : w * self.scale]
+
+    def _use_fast_path(self) -> bool:
+        """The channels-last inference path (`camixer_fast`), unless training, asked for the plain
+        modules (`fast_path = False`, the oracle), or a mixer computes the dense reference."""
+        return self.fast_path and not self.training and not any(m.dense_reference for m in self.mixers())
 
     def mixers(self) -> list[CAMixer]:
         return [m for m in self.modules() if isinstance(m, CAMixer)]

@@ -97,8 +97,8 @@ def build_untrained(name: str, **runtime: Any) -> SRNetwork:
 
 
 def build_network(arch: str, scale: int, config: Mapping[str, Any] | None = None) -> SRNetwork:
-    """A freshly initialised network of `arch` (e.g. "camixersr", "esc-light" is not an arch: use
-    "esc" with its hyper-parameters) for `scale`, in training mode; for training from scratch."""
+    """A freshly initialised network of `arch` (a family's architecture name such as "camixersr" or
+    "esc"; variants are hyper-parameters) for `scale`, in training mode: for training from scratch."""
     return _build(str(arch).replace("-", "_"), {**(config or {}), "scale": scale}, str(arch)).train()
 
 

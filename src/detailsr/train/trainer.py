@@ -226,7 +226,7 @@ class Trainer:
         return results
 
     def _save(self) -> None:
-        rng = distributed.gather(torch.get_rng_state())
+        rng = distributed.gather(_rng_state(self.procs.device))
         if not self.procs.main:
             return
         weights = {"params": _cpu(self.net.state_dict())}
@@ -253,7 +253,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         rng = state["rng"]
         if state.get("world") == self.procs.world:
-            torch.set_rng_state(rng[self.procs.rank])
+            _set_rng_state(rng[self.procs.rank], self.procs.device)
         else:
             log.warning("resuming %d processes from a run of %d: the network's random draws start afresh",
                         self.procs.world, state.get("world"))
@@ -352,6 +352,20 @@ def _optimizer(net: SRNetwork, settings: dict[str, Any]) -> torch.optim.Optimize
     params = [p for p in net.parameters() if p.requires_grad]
     return kind(params, lr=float(settings["lr"]), betas=tuple(settings.get("betas", (0.9, 0.99))),
                 weight_decay=float(settings.get("weight_decay") or 0.0))
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generators the network draws from: the CPU one, and the GPU's when training on one."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

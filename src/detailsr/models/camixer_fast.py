@@ -1,0 +1,173 @@
+"""CAMixerSR inference in channels-last layout, doing per window only what attended windows need.
+
+The same network, weights and routing as the modules' own forward (which stays the oracle the tests
+compare this path with), rearranged for CPU speed (measured in ../shared/perf: NCHW 1x1 convs take
+PyTorch's slow im2col path and depth-wise convs run 4x slower than on channels-last data):
+
+* features stay N x H x W x C between layers: 1x1 convs are `F.linear` (one GEMM), layer norms are
+  `F.layer_norm` on the last dim, and depth-wise / 3x3 convs run on the channels-last view of the
+  same storage (no copies);
+* the predictor's offsets, the deformable warp and the q/k projections are computed only for the
+  attended windows (the official code computes offsets and the warp for the whole map);
+* the window position code is built once per size.
+
+Only eval forwards take this path (`CAMixerSR.fast_path`, on by default); training, the dense
+reference and the official stochastic draw keep working as before, since routing is the mixers' own
+`_select` / `_veto_pure` and every record is filled as the plain forward fills it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .camixer import CAMixer, window_condition
+from .layers import LayerNorm2d, attention
+
+# (height, width, window, dtype, device) -> the window position code as (1, H, W, 2)
+_POSITION_CODES: dict[tuple, torch.Tensor] = {}
+
+
+def run_body(net: nn.Module, f: torch.Tensor, global_condition: torch.Tensor) -> torch.Tensor:
+    """Every group of `net.body` and `net.body_tail` on NCHW features `f`: the fast twin of the loop
+    in `CAMixerSR.forward` (input and output NCHW, channels-last inside)."""
+    x = _nhwc(f)
+    shortcut = x
+    condition = _nhwc(global_condition)
+    for group in net.body:
+        start = x
+        for block in group.body:
+            x = _block(block, x, condition)
+        x = _linear(x, group.body_tail) + start
+    out = _conv(x, net.body_tail) + shortcut
+    return out.permute(0, 3, 1, 2)
+
+
+def _block(block: nn.Module, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    x = _layer_norm(x + _mixer(block.mixer, x, condition), block.norm1)
+    return _layer_norm(x + _feed_forward(block.ffn, x), block.norm2)
+
+
+def _feed_forward(ffn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    z = _conv(_linear(x, ffn.project_in), ffn.dwconv)
+    z1, z2 = z.chunk(2, dim=-1)
+    return _linear(F.gelu(z1) * z2, ffn.project_out)
+
+
+def _mixer(mixer: CAMixer, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    ws = mixer.window_size
+    b, h, w, c = x.shape
+    route = mixer.route
+    v = _linear(x, mixer.project_v)
+    position = _position_code(h, w, ws, x).expand(b, -1, -1, -1)
+    z = _linear(torch.cat((v, condition, position), dim=-1), route.in_conv[0])
+    z = F.leaky_relu(_layer_norm(z, route.in_conv[1]), 0.1)
+    ca = torch.sigmoid(_linear(z.mean((1, 2)), route.out_CA[1]))[:, None, None, :]
+    sa = torch.sigmoid(_conv(z, route.out_SA[0]))
+    p = route.out_mask(_windows(z.mean(-1, keepdim=True), ws).squeeze(-1))
+    grid = (h // ws, w // ws)
+    keep = mixer._veto_pure(mixer._select(p))
+    mixer.record = mixer._record(keep, grid, b)
+    n_keep, n = keep.shape[1], grid[0] * grid[1]
+
+    if n_keep == n:  # every window attends: no gather, no `v * sa`
+        x_all = _windows(x, ws)
+        keys = x_all + _warp(x, _offsets(route, _windows(z, ws)), None, ws)
+        a = _attend(mixer, x_all, keys, _windows(v, ws))
+        a = _unwindows(a, ws, h, w)
+    else:
+        a = v * sa
+        if n_keep:
+            x_sel = _gather(x, keep, ws)
+            keys = x_sel + _warp(x, _offsets(route, _gather(z, keep, ws)), keep, ws)
+            _scatter_(a, keep, _attend(mixer, x_sel, keys, _gather(v, keep, ws)), ws)
+    conv = mixer.conv_sptial
+    return _linear(F.gelu(_conv(_conv(a, conv[0]), conv[1])) * ca + a, mixer.project_out)
+
+
+def _offsets(route: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The predictor's flow (pixels, x then y) for windows of z (B, K, T, c4): (B, K, T, 2)."""
+    hidden = F.leaky_relu(_linear(z, route.out_offsets[0]), 0.1)
+    return torch.tanh(_linear(hidden, route.out_offsets[2])) * 8
+
+
+def _warp(x: torch.Tensor, flow: torch.Tensor, keep: torch.Tensor | None, ws: int) -> torch.Tensor:
+    """`flow_warp(x, flow)` evaluated at the pixels of windows `keep` only (None: every window):
+    bilinear, border padding, align_corners=True, sampling the whole map. Result (B, K, T, C)."""
+    b, h, w, c = x.shape
+    cols = w // ws
+    index = torch.arange(h // ws * cols, device=x.device)[None].expand(b, -1) if keep is None else keep
+    k = index.shape[1]
+    dy, dx = torch.meshgrid(torch.arange(ws, device=x.device), torch.arange(ws, device=x.device), indexing="ij")
+    rows = ((index // cols)[:, :, None] * ws + dy.reshape(1, 1, -1)).to(x.dtype)
+    cols_ = ((index % cols)[:, :, None] * ws + dx.reshape(1, 1, -1)).to(x.dtype)
+    px = cols_ + flow[..., 0]
+    py = rows + flow[..., 1]
+    sample_grid = torch.stack((2.0 * px / max(w - 1, 1) - 1.0, 2.0 * py / max(h - 1, 1) - 1.0), dim=-1)
+    out = F.grid_sample(x.permute(0, 3, 1, 2), sample_grid.view(b, k, ws * ws, 2), mode="bilinear",
+                        padding_mode="border", align_corners=True)  # (B, C, K, T)
+    return out.permute(0, 2, 3, 1)
+
+
+def _attend(mixer: CAMixer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    q, k = mixer.project_q(q), mixer.project_k(k)
+    return attention(q, k, v.contiguous(), scale=1.0, backend=mixer.attn_type)
+
+
+# ------------------------------------------------------------------------- channels-last helpers
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def _linear(x: torch.Tensor, conv: nn.Conv2d | nn.Linear) -> torch.Tensor:
+    """A 1x1 conv (or a Linear) on the last dim."""
+    weight = conv.weight if conv.weight.dim() == 2 else conv.weight.flatten(1)
+    return F.linear(x, weight, conv.bias)
+
+
+def _conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A conv on N x H x W x C data through its channels-last NCHW view; the result again N x H x W x C."""
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def _layer_norm(x: torch.Tensor, norm: LayerNorm2d) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
+
+
+def _windows(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, N, ws*ws, C), windows and tokens row-major (as `window_partition`)."""
+    b, h, w, c = x.shape
+    return x.view(b, h // ws, ws, w // ws, ws, c).transpose(2, 3).reshape(b, -1, ws * ws, c)
+
+
+def _unwindows(x: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
+    b, _, _, c = x.shape
+    return x.view(b, h // ws, w // ws, ws, ws, c).transpose(2, 3).reshape(b, h, w, c)
+
+
+def _window_view(x: torch.Tensor, ws: int) -> torch.Tensor:
+    b, h, w, c = x.shape
+    return x.view(b, h // ws, ws, w // ws, ws, c).transpose(2, 3)  # (B, rows, cols, ws, ws, C)
+
+
+def _gather(x: torch.Tensor, keep: torch.Tensor, ws: int) -> torch.Tensor:
+    cols = x.shape[2] // ws
+    batch = torch.arange(keep.shape[0], device=keep.device)[:, None]
+    return _window_view(x, ws)[batch, keep // cols, keep % cols].flatten(2, 3)
+
+
+def _scatter_(x: torch.Tensor, keep: torch.Tensor, windows: torch.Tensor, ws: int) -> None:
+    cols = x.shape[2] // ws
+    batch = torch.arange(keep.shape[0], device=keep.device)[:, None]
+    _window_view(x, ws)[batch, keep // cols, keep % cols] = windows.view(*keep.shape, ws, ws, x.shape[-1])
+
+
+def _position_code(h: int, w: int, ws: int, like: torch.Tensor) -> torch.Tensor:
+    key = (h, w, ws, like.dtype, like.device)
+    if key not in _POSITION_CODES:
+        if len(_POSITION_CODES) > 32:
+            _POSITION_CODES.clear()
+        _POSITION_CODES[key] = _nhwc(window_condition(h, w, ws, like))
+    return _POSITION_CODES[key]
