@@ -1,0 +1,164 @@
+"""Large images in bounded memory: the tile from a memory budget, tiles streamed into the output.
+
+`streamed_tiles` gives the same image as `inference.run(..., tile=...)` (the same tiles, blends
+and rounding) but never holds the whole output in float: it works one row of tiles at a time and
+writes finished rows straight into the 8/16-bit output array. Its float memory is one band of
+output rows (a tile high, the image wide), so peak memory no longer grows with the image height.
+
+`plan_tile` picks the largest tile whose working set fits a budget, from the network's activation
+memory per LR pixel (`activation_cost`, measured once per network on two small inputs).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import re
+
+import numpy as np
+import torch
+
+from .benchmark import PeakMemory
+from .errors import ConfigError
+from .imageio import from_tensor
+from .inference import _progress, forward_any_size, tile_origins, tile_weights
+from .models.base import SRNetwork
+
+DEFAULT_MAX_MEMORY = 1 << 30  # 1 GiB for the network's working set and the float tile buffers
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_PROBE_SIDES = (64, 128)
+
+
+def parse_bytes(text: str) -> int:
+    """'1G', '512M', '1.5GiB', '2000000' -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"expected a memory size such as 512M or 2G, got {text!r}")
+    value = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    if value < 1:
+        raise ConfigError(f"a memory size must be positive, got {text!r}")
+    return int(value)
+
+
+def activation_cost(net: SRNetwork) -> tuple[float, float]:
+    """(bytes per LR pixel, fixed bytes) of one forward of `net`, from its peak memory on two small
+    inputs (CUDA: the allocator's peak; CPU: the resident set, sampled, each probe after freed heap
+    memory went back to the system), with a 25 % margin on the per-pixel part. Cached on the network."""
+    cached = getattr(net, "_activation_cost", None)
+    if cached is not None:
+        return cached
+    device = next(net.parameters()).device
+    dtype = next(net.parameters()).dtype
+    peaks = []
+    with torch.inference_mode():
+        forward_any_size(net, torch.rand(1, 3, 32, 32).to(device, dtype))  # first-call set-up, not counted
+        for side in _PROBE_SIDES:
+            x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+            _release_freed_memory()
+            with PeakMemory(device) as peak:
+                forward_any_size(net, x)
+            peaks.append(peak.peak)
+    small, large = (s * s for s in _PROBE_SIDES)
+    per_pixel = max((peaks[1] - peaks[0]) / (large - small), 1.0)
+    fixed = max(peaks[0] - per_pixel * small, 0.0)
+    net._activation_cost = (1.25 * per_pixel, fixed)
+    return net._activation_cost
+
+
+def _release_freed_memory() -> None:
+    """Give freed heap memory back to the system (glibc), so that the resident set measures a forward
+    from scratch instead of reusing pages an earlier forward left."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement is a lower bound
+        pass
+
+
+def working_set(net: SRNetwork, tile_h: int, tile_w: int, width: int) -> float:
+    """Bytes a tiled run needs: the network on one tile, and the band of float output rows."""
+    per_pixel, fixed = activation_cost(net)
+    s = net.scale
+    band = 4 * 4 * tile_h * s * width * s  # numerator (3 channels) and weights, float32
+    return fixed + per_pixel * tile_h * tile_w + band
+
+
+def plan_tile(net: SRNetwork, height: int, width: int, budget: int, overlap: int = 16) -> int | None:
+    """The LR tile side for an h x w image within `budget` bytes; None when the whole image fits.
+
+    Tiles are multiples of 16 (the window of most networks) and larger than twice the overlap. A
+    network that looks at the whole image (`tile_safe` False) is never tiled here: when the image
+    does not fit, that is an error naming what it would need (tiling it is the caller's explicit
+    choice, `tile=`, since it changes the output everywhere).
+    """
+    whole = activation_cost(net)[1] + activation_cost(net)[0] * height * width
+    if whole <= budget:
+        return None
+    if not net.tile_safe:
+        raise ConfigError(
+            f"{net.arch} looks at the whole image; a {width}x{height} input needs about {_gib(whole)}, more than "
+            f"the memory budget of {_gib(budget)}: raise it (--max-memory), or tile explicitly with --tile "
+            "(which changes this network's output everywhere, not only near tile borders)")
+    smallest = max(16, 16 * math.ceil((2 * overlap + 1) / 16))
+    tile = smallest
+    while tile + 16 <= max(height, width) and working_set(net, min(tile + 16, height), min(tile + 16, width),
+                                                          width) <= budget:
+        tile += 16
+    if working_set(net, min(tile, height), min(tile, width), width) > budget:
+        raise ConfigError(f"even {tile}-pixel tiles of a {width}x{height} image need about "
+                          f"{_gib(working_set(net, min(tile, height), min(tile, width), width))}, more than "
+                          f"the memory budget of {_gib(budget)}")
+    return tile
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+@torch.inference_mode()
+def streamed_tiles(
+    net: SRNetwork,
+    x: torch.Tensor,
+    tile: int,
+    overlap: int = 16,
+    blend: str = "feather",
+    dtype: np.dtype | type = np.uint8,
+    progress: bool = False,
+    condition: torch.Tensor | None = None,
+) -> np.ndarray:
+    """x (1, 3, h, w) float in [0, 1] -> (h s, w s, 3) `dtype` image, tile by tile (see module doc)."""
+    if x.shape[0] != 1:
+        raise ValueError("streamed_tiles takes one image at a time")
+    _, _, h, w = x.shape
+    s = net.scale
+    device = next(net.parameters()).device
+    dtype = np.dtype(dtype)
+    th, tw = min(tile, h), min(tile, w)
+    overlap = min(overlap, th - 1, tw - 1) if blend == "feather" else overlap
+    tops, lefts = tile_origins(h, th, overlap), tile_origins(w, tw, overlap)
+    col_weights = [tile_weights(lefts, j, tw, s, blend) for j in range(len(lefts))]
+    out = np.empty((h * s, w * s, 3), dtype)
+    done = 0  # output rows written so far; the band buffers start there
+    num = torch.zeros(3, 0, w * s)
+    den = torch.zeros(1, 0, w * s)
+    steps = _progress([(i, j) for i in range(len(tops)) for j in range(len(lefts))], progress, "tiles")
+    for i, j in steps:
+        top, left = tops[i], lefts[j]
+        end = (top + th) * s
+        if num.shape[1] < end - done:  # a new row of tiles: extend the band down to its end
+            grow = end - done - num.shape[1]
+            num = torch.cat((num, torch.zeros(3, grow, w * s)), 1)
+            den = torch.cat((den, torch.zeros(1, grow, w * s)), 1)
+        box = (slice(None), slice(None), slice(top, top + th), slice(left, left + tw))
+        part = None if condition is None else condition[box].to(device)
+        y = forward_any_size(net, x[box].to(device), part)[0].float().cpu()
+        weight = tile_weights(tops, i, th, s, blend)[:, None] * col_weights[j][None, :]
+        rows = slice(top * s - done, end - done)
+        cols = slice(left * s, (left + tw) * s)
+        num[:, rows, cols] += y * weight
+        den[:, rows, cols] += weight
+        if j == len(lefts) - 1:  # the row of tiles is complete: rows above the next one are final
+            final = (tops[i + 1] * s if i + 1 < len(tops) else h * s) - done
+            out[done : done + final] = from_tensor(num[:, :final] / den[:, :final], dtype)
+            num, den = num[:, final:].clone(), den[:, final:].clone()
+            done += final
+    return out

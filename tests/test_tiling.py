@@ -1,0 +1,54 @@
+"""Memory-bounded tiling: streamed tiles equal the in-memory tiler, and the budget picks the tile."""
+
+import numpy as np
+import pytest
+from conftest import photo
+
+from detailsr import load_model
+from detailsr.errors import ConfigError
+from detailsr.imageio import from_tensor, read_image, to_tensor
+from detailsr.inference import run
+from detailsr.models.registry import build_untrained
+from detailsr.tiling import activation_cost, parse_bytes, plan_tile, streamed_tiles, working_set
+
+
+@pytest.fixture(scope="module")
+def net():
+    return load_model()
+
+
+def test_parse_bytes():
+    assert parse_bytes("512M") == 512 << 20 and parse_bytes("1.5GiB") == int(1.5 * (1 << 30))
+    assert parse_bytes("2g") == 2 << 30 and parse_bytes("4096") == 4096
+    for bad in ("lots", "-1G", "0", "1X"):
+        with pytest.raises(ConfigError, match="memory size"):
+            parse_bytes(bad)
+
+
+@pytest.mark.parametrize("blend", ["feather", "average"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_streamed_tiles_equal_the_in_memory_tiler(net, one_thread, blend, dtype):
+    x = to_tensor(read_image(photo("coffee")).pixels[:70, :100, :3].copy())
+    expected = from_tensor(run(net, x, tile=32, tile_overlap=8, blend=blend), dtype)
+    got = streamed_tiles(net, x, 32, 8, blend, dtype)
+    assert got.dtype == dtype and np.array_equal(got, expected)
+
+
+def test_the_plan_fits_the_budget_and_whole_images_that_fit_are_not_tiled(net, one_thread):
+    per_pixel, fixed = activation_cost(net)
+    assert per_pixel > 0 and activation_cost(net) == (per_pixel, fixed)  # measured once
+    assert plan_tile(net, 100, 150, 1 << 34) is None
+    budget = int(fixed + per_pixel * 200 * 200)  # far below what a 1080 x 1920 image needs
+    tile = plan_tile(net, 1080, 1920, budget)
+    assert tile % 16 == 0 and 32 < tile < 1080
+    assert working_set(net, tile, tile, 1920) <= budget < working_set(net, tile + 16, tile + 16, 1920)
+    with pytest.raises(ConfigError, match="even 48-pixel tiles"):
+        plan_tile(net, 1080, 1920, 1 << 20)
+
+
+def test_a_network_that_needs_the_whole_image_refuses_a_budget_it_cannot_meet(one_thread):
+    esc = build_untrained("esc-light-x4")
+    assert not esc.tile_safe
+    with pytest.raises(ConfigError, match="looks at the whole image.*--max-memory.*--tile"):
+        plan_tile(esc, 1080, 1920, 64 << 20)
+    assert plan_tile(esc, 48, 48, 1 << 34) is None
