@@ -9,7 +9,7 @@ rounded to 8 bit, and compared on the protocol's channels.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from .inference import ratio_setting, run
 from .metrics import evaluate
 from .models.base import SRNetwork
 from .models.record import mixer_records
+from .precision import cast_network, precision_guard
 from .resize import bicubic_downscale, mod_crop
 
 
@@ -85,15 +86,22 @@ def evaluate_folder(
     blend: str = "feather",
     save_dir: Path | None = None,
     on_image: Callable[[str], None] | None = None,
+    files: Sequence[Path] | None = None,
+    precision: str | None = None,
 ) -> DatasetResult:
+    """Scores of every HR image of `folder` (or of `files`, HR images of it, in their order).
+
+    precision: "fp32", "fp16" or "bf16" (see `inference.run`); None: the network's own dtype.
+    """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     if net.scale != scale:
         raise ConfigError(f"the model upscales by {net.scale}, not {scale}")
+    net = cast_network(net, precision)  # once for the folder, not per image
     results = {}
     costs: dict[tuple, float] = {}
     with ratio_setting(net, ratio):
-        for hr_path in hr_files(folder):
+        for hr_path in hr_files(folder) if files is None else files:
             lr, hr = load_pair(hr_path, folder, scale)
             x = to_tensor(lr)
             start = time.perf_counter()
@@ -120,7 +128,9 @@ def _executed_gflops(net: SRNetwork, x, tile: int | None, cache: dict) -> float:
     """
     key = (tuple(x.shape), routing_signature(net)) if tile is None else None
     if key is None or key not in cache:
-        value = 2 * executed_macs(net, x) / 1e9
+        p = next(net.parameters())
+        with precision_guard(net):
+            value = 2 * executed_macs(net, x.to(p.device, p.dtype)) / 1e9
         if key is None:
             return value
         cache[key] = value

@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .imageio import from_tensor, to_tensor
 from .models.base import SRNetwork
 from .models.layers import pad_to_multiple
+from .precision import REDUCED, cast_network, precision_guard
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def upscale(
     blend: str = "feather",
     progress: bool = False,
     outscale: float | None = None,
+    precision: str | None = None,
 ) -> Any:
     """Super-resolve `img` with `net`; the result is of the same kind as the input.
 
@@ -43,10 +45,12 @@ def upscale(
     blend: "feather" (linear ramps across overlaps) or "average" (the official large-image test).
     outscale: the final scale (None: the network's); the network's output is resized to it (see
     `resize_output`), e.g. 2 or 3.5 with a x4 network.
+    precision: "fp32", "fp16" or "bf16" (see `run`); None: the network's own dtype.
     """
     if outscale is not None and not 0 < outscale < float("inf"):
         raise ConfigError(f"outscale must be a positive number, got {outscale}")
-    run_args = dict(ratio=ratio, tile=tile, tile_overlap=tile_overlap, blend=blend, progress=progress)
+    run_args = dict(ratio=ratio, tile=tile, tile_overlap=tile_overlap, blend=blend, progress=progress,
+                    precision=precision)
     if isinstance(img, torch.Tensor):
         return _upscale_tensor(img, net, outscale, run_args)
     if isinstance(img, np.ndarray):
@@ -133,8 +137,14 @@ def run(
     tile_overlap: int = 16,
     blend: str = "feather",
     progress: bool = False,
+    precision: str | None = None,
 ) -> torch.Tensor:
-    """N x 3 x H x W float in [0, 1] -> N x 3 x sH x sW, clamped to [0, 1]."""
+    """N x 3 x H x W float in [0, 1] -> N x 3 x sH x sW, clamped to [0, 1].
+
+    precision: "fp32", "fp16" or "bf16": the network (a cast copy where its weights have another
+    dtype; see `cast_network`) and the input run in it, and a reduced-precision output comes back
+    as float32 before clamping. None: the network's own dtype.
+    """
     if blend not in BLENDS:
         raise ConfigError(f"unknown blend {blend!r}; expected one of {', '.join(BLENDS)}")
     if tile is not None and tile < 1:
@@ -144,7 +154,9 @@ def run(
     if tile is not None and tile <= tile_overlap:
         raise ConfigError(f"tile {tile} must be larger than the tile overlap {tile_overlap}")
     device = next(net.parameters()).device
-    with ratio_setting(net, ratio):
+    net = cast_network(net, precision)
+    with ratio_setting(net, ratio), precision_guard(net):
+        x = x.to(next(net.parameters()).dtype)
         h, w = x.shape[-2:]
         condition = net.condition_for(x)
         if tile is None or (tile >= h and tile >= w):
@@ -154,6 +166,8 @@ def run(
                 log.warning("%s looks at the whole image (global statistics); tiles of %d px change its "
                             "output everywhere, not only near tile borders; prefer larger tiles", net.arch, tile)
             y = _tiled(net, x, condition, tile, tile_overlap, blend, progress, device)
+    if y.dtype in REDUCED:
+        y = y.float()
     return y.clamp_(0, 1).cpu()
 
 

@@ -13,13 +13,17 @@ from ..errors import UsageError
 from .flops import size_value
 from .options import (
     add_device_options,
+    add_precision_option,
     add_routing_options,
+    check_precision,
     non_negative_int,
     positive_int,
     ratio_value,
     runtime_options,
     to_device,
+    use_device,
     use_threads,
+    with_precision,
 )
 
 
@@ -38,6 +42,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     source.add_argument("--image", help="LR input: this image (its content sets the routing)")
     p.add_argument("--ratio", type=ratio_value, nargs="+", help="ratios to compare (content-aware models)")
     add_device_options(p)
+    add_precision_option(p)
     p.add_argument("--runs", type=positive_int, default=5)
     p.add_argument("--warmup", type=non_negative_int, default=1)
     p.add_argument("--attn", choices=ALL_ATTENTION_BACKENDS, help="attention kernel for every model")
@@ -56,8 +61,10 @@ def build_cases(args: argparse.Namespace) -> list:
         raise UsageError("--untrained needs -m with zoo model names")
     cases = []
     options = runtime_options(args)
+    check_precision(None, args.precision, args.device)
     for name in args.models or [None]:
         net = to_device((build_untrained if args.untrained else load_model)(name, **options), args.device)
+        net = with_precision(net, args.precision)
         ratios = args.ratio if (args.ratio and net.content_aware) else [None]
         for ratio in ratios:
             label = name or "default"
@@ -73,25 +80,30 @@ def run(args: argparse.Namespace) -> int:
     from ..flops import executed_macs
     from ..imageio import read_image, to_tensor, write_bytes_atomic
     from ..inference import ratio_setting
+    from ..precision import PRECISION_DTYPES, precision_guard
 
     use_threads(args)
+    use_device(args)
     cases = build_cases(args)
     if args.image:
         x = to_tensor(read_image(args.image).pixels)
     else:
         x = torch.rand(1, 3, args.size[1], args.size[0], generator=torch.Generator().manual_seed(0))
     h, w = x.shape[-2:]
-    measure(cases, x, runs=args.runs, warmup=args.warmup)
+    x = x.to(PRECISION_DTYPES[args.precision])
+    with precision_guard(cases[0].net):  # every case has the same device and dtype
+        measure(cases, x, runs=args.runs, warmup=args.warmup)
     out_pixels = w * h * cases[0].net.scale ** 2
     rows = [c.summary(w * h * c.net.scale ** 2) for c in cases]
     for case, row in zip(cases, rows, strict=True):
-        with ratio_setting(case.net, case.ratio), torch.no_grad():
+        with ratio_setting(case.net, case.ratio), torch.no_grad(), precision_guard(case.net):
             row["executed_gflops"] = 2 * executed_macs(case.net, x.to(args.device)) / 1e9
     base = rows[0]
     weights = ", untrained weights" if args.untrained else ""
     source = f"image {args.image}" if args.image else "random input"
+    precision = "" if args.precision == "fp32" else f", {args.precision}"
     print(f"LR {w}x{h} ({source}), {torch.get_num_threads()} threads, {args.runs} runs after {args.warmup} "
-          f"warm-up{weights}")
+          f"warm-up{weights}{precision}")
     print(f"{'case':<36} {'median s':>9} {'min s':>7} {'max s':>7} {'MP/s':>7} {'peak MiB':>9} {'GFLOPs':>8} "
           f"{'time vs first':>14} {'FLOPs vs first':>15}")
     for r in rows:
@@ -101,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         report = {"command": "detailsr " + shlex.join(sys.argv[1:]), "image": args.image,
                   "size": [w, h], "threads": torch.get_num_threads(), "device": args.device,
-                  "untrained": args.untrained,
+                  "precision": args.precision, "untrained": args.untrained,
                   "output_pixels": out_pixels, "cases": rows}
         write_bytes_atomic(args.json, (json.dumps(report, indent=2) + "\n").encode())
     return 0

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..choices import BLENDS, PROTOCOLS
 from .options import (
     add_model_options,
+    add_precision_option,
     check_tiles,
     load_from_args,
     non_negative_int,
@@ -30,6 +31,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
         "(large-image SR); ws = WS-PSNR/WS-SSIM for 360° ERP images (RGB, no crop).",
     )
     add_model_options(p)
+    add_precision_option(p)
     p.add_argument("-d", "--datasets", nargs="+", required=True, metavar="DIR")
     p.add_argument("-s", "--scale", type=positive_int, required=True)
     p.add_argument("--ratio", type=ratio_value, help="share of windows given attention (content-aware models)")
@@ -44,35 +46,55 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import hr_files
+    """Evaluate every image; under torchrun (WORLD_SIZE > 1) each rank takes its share of all the
+    datasets' images (see `detailsr.sharding`) and rank 0 gathers the results, prints the table and
+    writes the JSON exactly as a single process would."""
+    from ..evaluation import DatasetResult, hr_files
     from ..imageio import write_bytes_atomic
+    from ..sharding import gather_results, process_group, shard, unshard
 
     check_tiles(args)
     folders = [Path(d) for d in args.datasets]
     for folder in folders:
         hr_files(folder)  # fail on a bad folder before loading the model
     net = load_from_args(args)
-    results = [_evaluate(net, folder, args) for folder in folders]
+    with process_group(args.device) as ranks:
+        items = [(k, path) for k, folder in enumerate(folders) for path in hr_files(folder)]
+        mine = shard(items, ranks)
+        local = []
+        for k, folder in enumerate(folders):
+            files = [path for i, path in mine if i == k]
+            if files:
+                found = _evaluate(net, folder, files, args, show_progress(args) and ranks.main)
+                local += [(k, name, result) for name, result in found.images.items()]
+        parts = gather_results(local)
+    if not ranks.main:
+        return 0
+    merged = unshard(parts)
+    results = [DatasetResult(folder.name, {name: r for i, name, r in merged if i == k})
+               for k, folder in enumerate(folders)]
     print(format_table(results, args.protocol))
     if args.json:
         report = to_json(args.model, net.scale, args.ratio, args.protocol, results)
+        if args.precision != "fp32":
+            report["precision"] = args.precision
         write_bytes_atomic(args.json, (json.dumps(report, indent=2) + "\n").encode())
     return 0
 
 
-def _evaluate(net, folder: Path, args) -> DatasetResult:
-    from ..evaluation import evaluate_folder, hr_files
+def _evaluate(net, folder: Path, files: list[Path], args, progress: bool) -> DatasetResult:
+    from ..evaluation import evaluate_folder
 
     bar = None
-    if show_progress(args):
+    if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(hr_files(folder)), desc=folder.name, unit="image", leave=False)
+        bar = tqdm(total=len(files), desc=folder.name, unit="image", leave=False)
     try:
         return evaluate_folder(
             net, folder, args.scale, ratio=args.ratio, protocol=args.protocol, tile=args.tile,
             tile_overlap=args.tile_overlap, blend=args.blend, save_dir=args.save_images,
-            on_image=(lambda _: bar.update()) if bar else None,
+            on_image=(lambda _: bar.update()) if bar else None, files=files,
         )
     finally:
         if bar:

@@ -1,4 +1,5 @@
-"""Options several sub-commands share: which model, on which device, with how many threads.
+"""Options several sub-commands share: which model, on which device, in which precision, with how
+many threads.
 
 Values are checked here, at parse time, so that a bad one is a usage error (exit 2) before any
 work starts; nothing here imports torch until a model is loaded.
@@ -10,11 +11,11 @@ import argparse
 import re
 import sys
 
-from ..choices import ALL_ATTENTION_BACKENDS, ROUTINGS
+from ..choices import ALL_ATTENTION_BACKENDS, PRECISIONS, ROUTINGS
 from ..errors import ConfigError, UsageError
 
-# torch device strings a user may mean: a type, optionally with an index
-_DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|hip|mtia|hpu|meta)(:\d+)?$")
+# torch device strings a user may mean: a type, optionally with an index; or auto
+_DEVICE = re.compile(r"^(auto|(cpu|cuda|mps|xpu|hip|mtia|hpu|meta)(:\d+)?)$")
 
 
 def positive_int(text: str) -> int:
@@ -47,7 +48,7 @@ def ratio_value(text: str) -> float:
 
 def device_value(text: str) -> str:
     if not _DEVICE.match(text.strip().lower()):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected cpu, cuda, cuda:N, mps or xpu")
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected auto, cpu, cuda, cuda:N, mps or xpu")
     return text.strip().lower()
 
 
@@ -83,14 +84,25 @@ def add_routing_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_device_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=device_value, default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps")
+    p.add_argument("--device", type=device_value, default="auto",
+                   help="torch device: auto (default: cuda, else mps, else cpu), cpu, cuda, cuda:1, mps; "
+                   "under torchrun each process takes cuda:LOCAL_RANK (cpu without CUDA)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch")
+
+
+def add_precision_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="arithmetic of the network and its inputs: fp32 (default), fp16 (GPUs), bf16; "
+                   "results come back as float32 before rounding")
 
 
 def load_from_args(args: argparse.Namespace):
     from ..models.registry import build_untrained, load_model
 
     use_threads(args)
+    use_device(args)
+    precision = getattr(args, "precision", "fp32")
+    check_precision(None, precision, args.device)  # the device alone may rule it out: before loading
     options = runtime_options(args)
     if getattr(args, "untrained", False):
         if not args.model:
@@ -98,7 +110,40 @@ def load_from_args(args: argparse.Namespace):
         net = build_untrained(args.model, **options)
     else:
         net = load_model(args.model, **options)
-    return to_device(net, args.device)
+    return with_precision(to_device(net, args.device), precision)
+
+
+def use_device(args: argparse.Namespace) -> None:
+    """`args.device` made concrete: auto -> cuda, else mps, else cpu; under torchrun (WORLD_SIZE > 1)
+    auto and cuda -> cuda:LOCAL_RANK, auto without CUDA -> cpu."""
+    import torch
+
+    from ..sharding import world
+
+    name, ranks = args.device, world()
+    if ranks.size > 1 and name in ("auto", "cuda"):
+        args.device = f"cuda:{ranks.local_rank}" if torch.cuda.is_available() or name == "cuda" else "cpu"
+    elif name == "auto":
+        mps = getattr(torch.backends, "mps", None)
+        args.device = "cuda" if torch.cuda.is_available() else "mps" if mps and mps.is_available() else "cpu"
+
+
+def check_precision(net, precision: str, device: str) -> None:
+    """A precision the device (or the model's family) cannot run is a usage error, found before any work."""
+    from ..precision import precision_supported
+
+    reason = precision_supported(net, precision, device)
+    if reason is not None:
+        what = f"{net.arch} on {device}" if net is not None else device
+        raise UsageError(f"--precision {precision} cannot run on {what}: {reason}")
+
+
+def with_precision(net, precision: str):
+    """`net` cast to `precision` (fp32: as loaded), checked for its family first."""
+    from ..precision import PRECISION_DTYPES
+
+    check_precision(net, precision, str(next(net.parameters()).device))
+    return net if precision == "fp32" else net.to(PRECISION_DTYPES[precision])  # ours: cast in place
 
 
 def runtime_options(args: argparse.Namespace) -> dict:

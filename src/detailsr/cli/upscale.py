@@ -15,6 +15,7 @@ from ..choices import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, WRITE_EXTENSIONS
 from ..errors import ConfigError, DetailSRError, ImageError, UsageError
 from .options import (
     add_model_options,
+    add_precision_option,
     check_tiles,
     load_from_args,
     non_negative_int,
@@ -40,6 +41,10 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    help="output file (one input), folder, or - (standard output); default: next to each input, "
                    "standard output for standard input")
     add_model_options(p)
+    add_precision_option(p)
+    p.add_argument("--batch", type=positive_int, default=1, metavar="N",
+                   help="run up to N inputs of the same size as one batch (1); models whose output depends "
+                   "on the batch (ATD's token sort, CAMixer's --stochastic draw) take one at a time")
     p.add_argument("-s", "--scale", type=positive_int,
                    help="the model's scale, checked (an error if it has another; see --outscale)")
     p.add_argument("--outscale", type=positive_float, metavar="S",
@@ -76,24 +81,119 @@ class Source:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Upscale every input; under torchrun (WORLD_SIZE > 1) each rank takes its share of the inputs
+    (see `detailsr.sharding`), every output is written once, and only rank 0 prints the summary."""
+    from ..sharding import all_results, barrier, process_group, shard
+
     check_tiles(args)
     sources = expand_inputs(args.inputs, args.recursive, args.suffix, args.output)
     net = load_from_args(args)
     check_model_fits(args, net)
-    jobs = plan_outputs(sources, args.output, output_suffix(args, net), args.ext, args.overwrite,
-                        args.skip_existing)
-    failures = 0
-    for src, dst in _progress(jobs, show_progress(args)):
-        try:
-            upscale_file(src, dst, net, args)
-        except DetailSRError as e:
-            if args.debug:
-                raise
-            failures += 1
-            print(f"detailsr: error: {e}", file=sys.stderr)
-    if failures and len(jobs) > 1:
+    with process_group(args.device) as ranks:
+        # every rank plans the whole list (same checks, same order) before any rank writes
+        jobs = plan_outputs(sources, args.output, output_suffix(args, net), args.ext, args.overwrite,
+                            args.skip_existing)
+        barrier()
+        mine = shard(jobs, ranks)
+        if ranks.size > 1:
+            log.debug("rank %d of %d upscales %d of the %d inputs", ranks.rank, ranks.size, len(mine), len(jobs))
+        failures = sum(all_results(upscale_jobs(mine, net, args, ranks.main)))
+    if failures and len(jobs) > 1 and ranks.main:
         print(f"detailsr: {failures} of {len(jobs)} images failed; the others were written", file=sys.stderr)
     return 1 if failures else 0
+
+
+def upscale_jobs(jobs: list[tuple[Source, Path | None]], net, args: argparse.Namespace, main: bool = True) -> int:
+    """Upscale `jobs` (one at a time, or in batches of same-size inputs with --batch); the number that failed."""
+    size = args.batch
+    why = batch_dependence(net) if size > 1 else None
+    if why:
+        log.debug("--batch %d: one image at a time, since %s", size, why)
+        size = 1
+    progress = _progress(jobs, show_progress(args) and main)
+    if size == 1:
+        failures = 0
+        for src, dst in progress:
+            try:
+                upscale_file(src, dst, net, args)
+            except DetailSRError as e:
+                failures += _failed(e, args)
+        return failures
+    return _upscale_batched(progress, net, args, size)
+
+
+# Families whose output for one image depends on the other images of its batch (measured, see
+# tests/test_devices.py): ATD's AC-MSA groups tokens by a sort whose near-ties the batch's float
+# rounding can flip (ATD-light x4: 7e-3 max abs vs one at a time).
+BATCH_DEPENDENT = ("atd", "atd_light", "pp_atd_light", "camixer_atd_light")
+
+
+def batch_dependence(net) -> str | None:
+    """Why `net`'s output for an image would change with the batch it runs in; None when it does not."""
+    if net.arch in BATCH_DEPENDENT:
+        return f"{net.arch} sorts tokens into groups (ATD's AC-MSA) and the batch's rounding flips near-ties"
+    if any(getattr(m, "stochastic", False) for m in net.modules()):
+        return "the official stochastic K averages the drawn share over the batch"
+    return None
+
+
+def _failed(error: DetailSRError, args: argparse.Namespace) -> int:
+    """Report one failed image (raise it with --debug); 1, to count it."""
+    if args.debug:
+        raise error
+    print(f"detailsr: error: {error}", file=sys.stderr)
+    return 1
+
+
+def _upscale_batched(jobs, net, args: argparse.Namespace, size: int) -> int:
+    """Read inputs in order, collect those of one size, channel count and bit depth, and run each
+    collection as one batch once it has `size` members (or, when 2 x `size` images wait, the oldest
+    collection as it is: memory stays bounded). The number of images that failed."""
+    waiting: dict[tuple, list] = {}
+    failures = 0
+    for src, dst in jobs:
+        try:
+            image = read_input(src, args)
+        except DetailSRError as e:
+            failures += _failed(e, args)
+            continue
+        key = (image.pixels.shape, image.pixels.dtype.str, image.alpha is not None)
+        waiting.setdefault(key, []).append((src, dst, image))
+        if len(waiting[key]) == size:
+            failures += _upscale_group(waiting.pop(key), net, args)
+        elif sum(map(len, waiting.values())) >= 2 * size:
+            failures += _upscale_group(waiting.pop(next(iter(waiting))), net, args)
+    for key in list(waiting):
+        failures += _upscale_group(waiting.pop(key), net, args)
+    return failures
+
+
+def _upscale_group(group: list, net, args: argparse.Namespace) -> int:
+    """(source, output, image) triples of one size through the network as one batch, then each
+    finished and written as `upscale_file` does (alpha, --outscale). The number that failed."""
+    import numpy as np
+    import torch
+
+    from ..imageio import from_tensor, to_tensor
+    from ..inference import output_size, resize_output, run, upscale_alpha
+
+    try:
+        y = run(net, torch.cat([to_tensor(image.pixels) for _, _, image in group]), ratio=args.ratio,
+                tile=args.tile, tile_overlap=args.tile_overlap)
+    except DetailSRError as e:
+        return _failed(e, args) * len(group)
+    failures = 0
+    for (src, dst, image), sr in zip(group, y, strict=True):
+        try:
+            out = from_tensor(sr, image.pixels.dtype)
+            if image.alpha is not None:
+                out = np.concatenate([out, upscale_alpha(image.alpha, net.scale)[:, :, None]], axis=2)
+            if args.outscale is not None:
+                out = resize_output(out, *output_size(image.pixels.shape[:2], args.outscale))
+            write_output(src, dst, image, out, args)
+        except DetailSRError as e:
+            failures += _failed(e, args)
+    return failures
 
 
 def check_model_fits(args: argparse.Namespace, net) -> None:
@@ -114,16 +214,27 @@ def upscale_file(src: Source, dst: Path | None, net, args: argparse.Namespace) -
     """Upscale one input; dst None: standard output."""
     import numpy as np
 
-    from ..imageio import decode_image, encode_image, read_image, write_bytes_atomic
     from ..inference import upscale
 
-    if src.is_stream:
-        image = decode_image(sys.stdin.buffer.read(), "standard input", max_pixels=args.max_pixels)
-    else:
-        image = read_image(src.path, max_pixels=args.max_pixels)
+    image = read_input(src, args)
     rgba = image.pixels if image.alpha is None else np.dstack([image.pixels, image.alpha])
     out = upscale(rgba, net, ratio=args.ratio, tile=args.tile, tile_overlap=args.tile_overlap,
                   outscale=args.outscale, progress=show_progress(args))
+    write_output(src, dst, image, out, args)
+
+
+def read_input(src: Source, args: argparse.Namespace):
+    from ..imageio import decode_image, read_image
+
+    if src.is_stream:
+        return decode_image(sys.stdin.buffer.read(), "standard input", max_pixels=args.max_pixels)
+    return read_image(src.path, max_pixels=args.max_pixels)
+
+
+def write_output(src: Source, dst: Path | None, image, out, args: argparse.Namespace) -> None:
+    """The upscaled `out` (H x W x 3, or 4 with alpha) of input `image`, to `dst` (None: standard output)."""
+    from ..imageio import encode_image, write_bytes_atomic
+
     pixels, alpha = out[:, :, :3], (None if image.alpha is None else out[:, :, 3])
     if dst is None:
         ext = args.ext or (src.path.suffix if not src.is_stream else "png")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .camixer import CAMixer, window_condition
-from .layers import LayerNorm2d, attention
+from .layers import LayerNorm2d, attention, coordinate_dtype
 
 # (height, width, window, dtype, device) -> the window position code as (1, H, W, 2)
 _POSITION_CODES: dict[tuple, torch.Tensor] = {}
@@ -94,20 +94,22 @@ def _offsets(route: nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 def _warp(x: torch.Tensor, flow: torch.Tensor, keep: torch.Tensor | None, ws: int) -> torch.Tensor:
     """`flow_warp(x, flow)` evaluated at the pixels of windows `keep` only (None: every window):
-    bilinear, border padding, align_corners=True, sampling the whole map. Result (B, K, T, C)."""
+    bilinear, border padding, align_corners=True, sampling the whole map. Result (B, K, T, C).
+    Half-precision inputs are warped in float32 (bfloat16 cannot tell pixel 200 from 201)."""
     b, h, w, c = x.shape
     cols = w // ws
     index = torch.arange(h // ws * cols, device=x.device)[None].expand(b, -1) if keep is None else keep
     k = index.shape[1]
     dy, dx = torch.meshgrid(torch.arange(ws, device=x.device), torch.arange(ws, device=x.device), indexing="ij")
-    rows = ((index // cols)[:, :, None] * ws + dy.reshape(1, 1, -1)).to(x.dtype)
-    cols_ = ((index % cols)[:, :, None] * ws + dx.reshape(1, 1, -1)).to(x.dtype)
-    px = cols_ + flow[..., 0]
-    py = rows + flow[..., 1]
+    rows = (index // cols)[:, :, None] * ws + dy.reshape(1, 1, -1)
+    columns = (index % cols)[:, :, None] * ws + dx.reshape(1, 1, -1)
+    dtype = coordinate_dtype(x)
+    px = columns.to(dtype) + flow[..., 0].to(dtype)
+    py = rows.to(dtype) + flow[..., 1].to(dtype)
     sample_grid = torch.stack((2.0 * px / max(w - 1, 1) - 1.0, 2.0 * py / max(h - 1, 1) - 1.0), dim=-1)
-    out = F.grid_sample(x.permute(0, 3, 1, 2), sample_grid.view(b, k, ws * ws, 2), mode="bilinear",
+    out = F.grid_sample(x.permute(0, 3, 1, 2).to(dtype), sample_grid.view(b, k, ws * ws, 2), mode="bilinear",
                         padding_mode="border", align_corners=True)  # (B, C, K, T)
-    return out.permute(0, 2, 3, 1)
+    return out.permute(0, 2, 3, 1).to(x.dtype)
 
 
 def _attend(mixer: CAMixer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

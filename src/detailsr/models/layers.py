@@ -48,18 +48,26 @@ def window_unpartition(x: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor
 def flow_warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Bilinear warp of `x` by a per-pixel flow (B, 2, H, W) in pixels; channel 0 is along W.
 
-    BasicSR's `flow_warp` with border padding and align_corners=True.
+    BasicSR's `flow_warp` with border padding and align_corners=True. Half-precision inputs are
+    warped in float32 (bfloat16 cannot tell pixel 200 from 201); the result has x's dtype.
     """
     _, _, h, w = x.shape
+    dtype = coordinate_dtype(x)
     gy, gx = torch.meshgrid(
-        torch.arange(h, dtype=x.dtype, device=x.device),
-        torch.arange(w, dtype=x.dtype, device=x.device),
+        torch.arange(h, dtype=dtype, device=x.device),
+        torch.arange(w, dtype=dtype, device=x.device),
         indexing="ij",
     )
-    px = gx + flow[:, 0]
-    py = gy + flow[:, 1]
+    px = gx + flow[:, 0].to(dtype)
+    py = gy + flow[:, 1].to(dtype)
     grid = torch.stack((2.0 * px / max(w - 1, 1) - 1.0, 2.0 * py / max(h - 1, 1) - 1.0), dim=3)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    out = F.grid_sample(x.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.to(x.dtype)
+
+
+def coordinate_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype to compute pixel coordinates in for features `x`: float32 for half precisions."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> torch.Tensor:
