@@ -1,5 +1,8 @@
 """Memory-bounded tiling: streamed tiles equal the in-memory tiler, and the budget picks the tile."""
 
+import math
+import re
+
 import numpy as np
 import pytest
 from conftest import photo
@@ -9,7 +12,8 @@ from detailsr.errors import ConfigError
 from detailsr.imageio import from_tensor, read_image, to_tensor
 from detailsr.inference import run
 from detailsr.models.registry import build_untrained
-from detailsr.tiling import activation_cost, parse_bytes, plan_tile, streamed_tiles, working_set
+from detailsr.sizes import parse_bytes
+from detailsr.tiling import activation_cost, plan_tile, streamed_tiles, working_set
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +56,45 @@ def test_a_network_that_needs_the_whole_image_refuses_a_budget_it_cannot_meet(on
     with pytest.raises(ConfigError, match="looks at the whole image.*--max-memory.*--tile"):
         plan_tile(esc, 1080, 1920, 64 << 20)
     assert plan_tile(esc, 48, 48, 1 << 34) is None
+
+
+def test_cli_tiles_to_fit_the_budget_and_matches_the_whole_image(tmp_path, net, one_thread):
+    """A budget below what the whole image needs: tiled, with the tile the command planned, and the
+    same pixels as `--tile` with that tile. (How close tiles come to the whole image is measured on
+    8K frames with large tiles, `benchmarks/large_image.py`; seams are tested in test_inference.py.)"""
+    from conftest import run_cli
+
+    src = tmp_path / "coffee.png"
+    from detailsr.imageio import write_image
+
+    write_image(src, read_image(photo("coffee")).pixels[:120, :160])
+    budget = math.ceil(working_set(net, 96, 96, 160))
+    assert plan_tile(net, 120, 160, budget) == 96
+    budgeted = run_cli("upscale", src, "-o", tmp_path / "budget.png", "--max-memory", str(budget), "--threads", "1",
+                       "--ratio", "1", "--debug")
+    assert budgeted.returncode == 0, budgeted.stderr
+    # the command measured the network's memory itself: read the tile it chose
+    tile = int(re.search(r"tiles of (\d+) px for a 160x120 image", budgeted.stderr).group(1))
+    assert 48 <= tile < 120
+    explicit = run_cli("upscale", src, "-o", tmp_path / "tile.png", "--tile", tile, "--threads", "1", "--ratio", "1")
+    assert explicit.returncode == 0, explicit.stderr
+    assert np.array_equal(read_image(tmp_path / "budget.png").pixels, read_image(tmp_path / "tile.png").pixels)
+
+
+def test_cli_refuses_a_whole_image_network_over_budget_in_one_line(tmp_path, one_thread):
+    import torch
+    from conftest import run_cli
+
+    from detailsr.imageio import write_image
+
+    weights = tmp_path / "esc.pth"
+    torch.save({"params": build_untrained("esc-light-x4").state_dict()}, weights)
+    src = tmp_path / "in.png"
+    write_image(src, read_image(photo("coffee")).pixels[:96, :96])
+    out = tmp_path / "out.png"
+    result = run_cli("upscale", src, "-o", out, "-m", weights, "--max-memory", "1M")
+    assert result.returncode == 1 and not out.exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "looks at the whole image" in lines[0] and "--max-memory" in lines[0]
+    bad = run_cli("upscale", src, "-o", out, "--max-memory", "lots")
+    assert bad.returncode == 2 and "memory size" in bad.stderr and not out.exists()

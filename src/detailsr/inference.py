@@ -36,6 +36,7 @@ def upscale(
     progress: bool = False,
     outscale: float | None = None,
     precision: str | None = None,
+    max_memory: int | None = None,
 ) -> Any:
     """Super-resolve `img` with `net`; the result is of the same kind as the input.
 
@@ -46,13 +47,19 @@ def upscale(
     outscale: the final scale (None: the network's); the network's output is resized to it (see
     `resize_output`), e.g. 2 or 3.5 with a x4 network.
     precision: "fp32", "fp16" or "bf16" (see `run`); None: the network's own dtype.
+    max_memory: bytes for the network's working set on images (arrays, PIL): without `tile`, a
+    tile is chosen to fit (`tiling.plan_tile`; a network that needs the whole image refuses an image
+    that does not fit). Tiled images are streamed into the integer output, never held in float.
     """
     if outscale is not None and not 0 < outscale < float("inf"):
         raise ConfigError(f"outscale must be a positive number, got {outscale}")
     run_args = dict(ratio=ratio, tile=tile, tile_overlap=tile_overlap, blend=blend, progress=progress,
                     precision=precision)
     if isinstance(img, torch.Tensor):
+        if max_memory is not None:
+            raise ConfigError("max_memory applies to images (arrays, PIL); for tensors choose tile=")
         return _upscale_tensor(img, net, outscale, run_args)
+    run_args["max_memory"] = max_memory
     if isinstance(img, np.ndarray):
         return _upscale_array(img, net, outscale, run_args)
     from PIL import Image
@@ -82,7 +89,7 @@ def _upscale_array(a, net, outscale, run_args):
     a = a[:, :, None] if a.ndim == 2 else a
     colour = np.repeat(a[:, :, :1], 3, axis=2) if gray else a[:, :, :3]
     alpha = a[:, :, -1:] if a.shape[2] in (2, 4) else None
-    y = from_tensor(run(net, to_tensor(colour), **run_args), a.dtype)
+    y = _upscale_colour(colour, net, **run_args)
     if gray:
         y = y[:, :, :1]
     if alpha is not None:
@@ -90,6 +97,30 @@ def _upscale_array(a, net, outscale, run_args):
     if outscale is not None:
         y = resize_output(y, *output_size(a.shape[:2], outscale))
     return y[:, :, 0] if a.shape[2] == 1 and y.shape[2] == 1 else y
+
+
+def _upscale_colour(colour: np.ndarray, net: SRNetwork, max_memory: int | None, **run_args) -> np.ndarray:
+    """H x W x 3 integers -> the network's output as integers of the same type; tiles (given, or
+    planned from `max_memory`) are streamed into the output."""
+    from .tiling import plan_tile, streamed_tiles
+
+    h, w = colour.shape[:2]
+    tile = run_args["tile"]
+    if tile is None and max_memory is not None:
+        tile = plan_tile(net, h, w, max_memory, run_args["tile_overlap"])
+        if tile is not None:
+            log.debug("tiles of %d px for a %dx%d image within %d MiB", tile, w, h, max_memory >> 20)
+    if tile is None or (tile >= h and tile >= w):
+        return from_tensor(run(net, to_tensor(colour), **{**run_args, "tile": None}), colour.dtype)
+    check_tiling(tile, run_args["tile_overlap"], run_args["blend"])
+    if not net.tile_safe:
+        log.warning("%s looks at the whole image (global statistics); tiles of %d px change its "
+                    "output everywhere, not only near tile borders; prefer larger tiles", net.arch, tile)
+    net = cast_network(net, run_args["precision"])
+    x = to_tensor(colour).to(next(net.parameters()).dtype)
+    with ratio_setting(net, run_args["ratio"]), precision_guard(net):
+        return streamed_tiles(net, x, tile, run_args["tile_overlap"], run_args["blend"], colour.dtype,
+                              run_args["progress"], net.condition_for(x))
 
 
 def _upscale_pil(img, net, outscale, run_args):
@@ -128,7 +159,7 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     return np.clip(np.floor(y.numpy() + 0.5), 0, peak).astype(alpha.dtype)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def run(
     net: SRNetwork,
     x: torch.Tensor,
@@ -145,14 +176,7 @@ def run(
     dtype; see `cast_network`) and the input run in it, and a reduced-precision output comes back
     as float32 before clamping. None: the network's own dtype.
     """
-    if blend not in BLENDS:
-        raise ConfigError(f"unknown blend {blend!r}; expected one of {', '.join(BLENDS)}")
-    if tile is not None and tile < 1:
-        raise ConfigError(f"tile must be a positive number of pixels, got {tile}")
-    if tile_overlap < 0:
-        raise ConfigError(f"tile overlap must not be negative, got {tile_overlap}")
-    if tile is not None and tile <= tile_overlap:
-        raise ConfigError(f"tile {tile} must be larger than the tile overlap {tile_overlap}")
+    check_tiling(tile, tile_overlap, blend)
     device = next(net.parameters()).device
     net = cast_network(net, precision)
     with ratio_setting(net, ratio), precision_guard(net):
@@ -169,6 +193,17 @@ def run(
     if y.dtype in REDUCED:
         y = y.float()
     return y.clamp_(0, 1).cpu()
+
+
+def check_tiling(tile: int | None, tile_overlap: int, blend: str) -> None:
+    if blend not in BLENDS:
+        raise ConfigError(f"unknown blend {blend!r}; expected one of {', '.join(BLENDS)}")
+    if tile is not None and tile < 1:
+        raise ConfigError(f"tile must be a positive number of pixels, got {tile}")
+    if tile_overlap < 0:
+        raise ConfigError(f"tile overlap must not be negative, got {tile_overlap}")
+    if tile is not None and tile <= tile_overlap:
+        raise ConfigError(f"tile {tile} must be larger than the tile overlap {tile_overlap}")
 
 
 @contextlib.contextmanager

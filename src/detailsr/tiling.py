@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import re
 
 import numpy as np
 import torch
@@ -25,19 +24,7 @@ from .inference import _progress, forward_any_size, tile_origins, tile_weights
 from .models.base import SRNetwork
 
 DEFAULT_MAX_MEMORY = 1 << 30  # 1 GiB for the network's working set and the float tile buffers
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _PROBE_SIDES = (64, 128)
-
-
-def parse_bytes(text: str) -> int:
-    """'1G', '512M', '1.5GiB', '2000000' -> bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
-    if not match:
-        raise ConfigError(f"expected a memory size such as 512M or 2G, got {text!r}")
-    value = float(match.group(1)) * _UNITS[match.group(2).upper()]
-    if value < 1:
-        raise ConfigError(f"a memory size must be positive, got {text!r}")
-    return int(value)
 
 
 def activation_cost(net: SRNetwork) -> tuple[float, float]:

@@ -13,6 +13,7 @@ import sys
 
 from ..choices import ALL_ATTENTION_BACKENDS, PRECISIONS, ROUTINGS
 from ..errors import ConfigError, UsageError
+from ..sizes import parse_bytes
 
 # torch device strings a user may mean: a type, optionally with an index; or auto
 _DEVICE = re.compile(r"^(auto|(cpu|cuda|mps|xpu|hip|mtia|hpu|meta)(:\d+)?)$")
@@ -44,6 +45,14 @@ def ratio_value(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
+
+
+def memory_size(text: str) -> int:
+    """'512M', '2G', '1.5GiB' -> bytes (an argparse type)."""
+    try:
+        return parse_bytes(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def device_value(text: str) -> str:

@@ -18,6 +18,7 @@ from .options import (
     add_precision_option,
     check_tiles,
     load_from_args,
+    memory_size,
     non_negative_int,
     positive_float,
     positive_int,
@@ -56,6 +57,10 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=positive_int,
                    help="process in LR tiles of this side (bounded memory); larger than the overlap")
     p.add_argument("--tile-overlap", type=non_negative_int, default=16, metavar="N", help="LR pixels tiles share (16)")
+    p.add_argument("--max-memory", type=memory_size, default="1G", metavar="SIZE",
+                   help="memory for the network's working set, e.g. 512M or 4G (1G): larger images are "
+                   "processed in tiles that fit, streamed into the output; models that need the whole "
+                   "image refuse images that do not fit (then raise it, or choose --tile)")
     p.add_argument("--suffix", help="added to output file names (default _x<scale>, or _x<outscale>)")
     p.add_argument("--ext", choices=sorted(e.lstrip(".") for e in WRITE_EXTENSIONS),
                    help="output format (default: the input's; PNG for standard input)")
@@ -177,9 +182,10 @@ def _upscale_group(group: list, net, args: argparse.Namespace) -> int:
     from ..imageio import from_tensor, to_tensor
     from ..inference import output_size, resize_output, run, upscale_alpha
 
+    if args.tile is not None or not _batch_fits(net, group[0][2].pixels.shape, len(group), args.max_memory):
+        return sum(_upscale_read(src, dst, image, net, args) for src, dst, image in group)
     try:
-        y = run(net, torch.cat([to_tensor(image.pixels) for _, _, image in group]), ratio=args.ratio,
-                tile=args.tile, tile_overlap=args.tile_overlap)
+        y = run(net, torch.cat([to_tensor(image.pixels) for _, _, image in group]), ratio=args.ratio)
     except DetailSRError as e:
         return _failed(e, args) * len(group)
     failures = 0
@@ -194,6 +200,25 @@ def _upscale_group(group: list, net, args: argparse.Namespace) -> int:
         except DetailSRError as e:
             failures += _failed(e, args)
     return failures
+
+
+def _batch_fits(net, shape: tuple, count: int, budget: int) -> bool:
+    """Whether `count` whole images of `shape` fit the memory budget together (else: one at a time)."""
+    from ..tiling import plan_tile
+
+    try:
+        return plan_tile(net, shape[0], shape[1], budget // count) is None
+    except ConfigError:
+        return False
+
+
+def _upscale_read(src: Source, dst: Path | None, image, net, args: argparse.Namespace) -> int:
+    """`upscale_file` for an image already read; 1 if it failed, else 0."""
+    try:
+        _upscale_image(src, dst, image, net, args)
+        return 0
+    except DetailSRError as e:
+        return _failed(e, args)
 
 
 def check_model_fits(args: argparse.Namespace, net) -> None:
@@ -212,14 +237,17 @@ def output_suffix(args: argparse.Namespace, net) -> str:
 
 def upscale_file(src: Source, dst: Path | None, net, args: argparse.Namespace) -> None:
     """Upscale one input; dst None: standard output."""
+    _upscale_image(src, dst, read_input(src, args), net, args)
+
+
+def _upscale_image(src: Source, dst: Path | None, image, net, args: argparse.Namespace) -> None:
     import numpy as np
 
     from ..inference import upscale
 
-    image = read_input(src, args)
     rgba = image.pixels if image.alpha is None else np.dstack([image.pixels, image.alpha])
     out = upscale(rgba, net, ratio=args.ratio, tile=args.tile, tile_overlap=args.tile_overlap,
-                  outscale=args.outscale, progress=show_progress(args))
+                  outscale=args.outscale, progress=show_progress(args), max_memory=args.max_memory)
     write_output(src, dst, image, out, args)
 
 
