@@ -66,6 +66,31 @@ def bench_section(name: str, data: dict) -> list[str]:
     return lines
 
 
+def official_section(name: str, data: dict) -> list[str]:
+    """`official_camixersr.py`: detailsr against the official code, interleaved."""
+    lines = [f"### {name}", "", f"`{data['command']}` (torch {data['machine']['torch']}): CAMixerSR-S x4, LR "
+             f"{data['size']} of {data['image']}, median of the interleaved runs.", "",
+             "| ratio | official s | detailsr s | speed-up | detailsr vs its ratio 1 |", "|---|---|---|---|---|"]
+    full = {r["ratio"]: r["detailsr_s"] for r in data["rows"]}
+    for r in data["rows"]:
+        relative = f"{r['detailsr_s'] / full[1.0]:.2f}" if 1.0 in full else "-"
+        lines.append(f"| {r['ratio']:g} | {r['official_s']:.3f} | {r['detailsr_s']:.3f} | {r['speedup']:.2f}x | "
+                     f"{relative} |")
+    return lines
+
+
+def large_image_section(data: dict) -> list[str]:
+    lines = ["## An 8K frame", "", f"`{data['command']}`: {data['model']}, x4 from {data['input']} (7680x4320 "
+             f"output), {data['threads']} thread(s), the real command in its own process.", "",
+             "| run | seconds | peak RSS GiB | output MP/s |", "|---|---|---|---|"]
+    for name, r in data["runs"].items():
+        lines.append(f"| {name} | {r['seconds']:.1f} | {r['peak_rss_gib']:.2f} | {r['output_mpix_per_s']:.3f} |")
+    if "tiled_vs_whole_mean_abs_255" in data:
+        lines += ["", f"Default budget (tiles) vs whole image: mean abs difference "
+                  f"{data['tiled_vs_whole_mean_abs_255']:.3f}/255, max {data['tiled_vs_whole_max_abs_255']:.0f}/255."]
+    return lines
+
+
 # Commands of bench files recorded before the JSON carried its own command line.
 COMMANDS = {
     "esc_vs_atd_x4_256": "detailsr bench -m esc-light-x4 atd-light-x4 --untrained --size 256x256 --threads 1 "
@@ -80,6 +105,14 @@ def main() -> None:
         data = _load(name)
         if data is not None:
             lines += render(data) + [""]
+    official = sorted(RESULTS.glob("official_camixersr_*.json"))
+    if official:
+        lines += ["## Against the official code", ""]
+        for path in official:
+            lines += official_section(path.stem, json.loads(path.read_text())) + [""]
+    large = _load("large_image")
+    if large is not None:
+        lines += large_image_section(large) + [""]
     comparisons = [p for p in sorted(RESULTS.glob("*.json")) if "cases" in json.loads(p.read_text())]
     if comparisons:
         lines += ["## Speed comparisons (`detailsr bench`)", ""]

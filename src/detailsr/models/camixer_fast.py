@@ -83,7 +83,7 @@ def _mixer(mixer: CAMixer, x: torch.Tensor, condition: torch.Tensor) -> torch.Te
             keys = x_sel + _warp(x, _offsets(route, _gather(z, keep, ws)), keep, ws)
             _scatter_(a, keep, _attend(mixer, x_sel, keys, _gather(v, keep, ws)), ws)
     conv = mixer.conv_sptial
-    return _linear(F.gelu(_conv(_conv(a, conv[0]), conv[1])) * ca + a, mixer.project_out)
+    return _linear(torch.addcmul(a, F.gelu(_conv(_conv(a, conv[0]), conv[1])), ca), mixer.project_out)
 
 
 def _offsets(route: nn.Module, z: torch.Tensor) -> torch.Tensor:
