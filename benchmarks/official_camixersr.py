@@ -32,7 +32,7 @@ from common import SHARED, machine, save
 
 from detailsr import load_model
 from detailsr.imageio import read_image, to_tensor
-from detailsr.resize import bicubic_downscale, mod_crop
+from detailsr.resize import bicubic_downscale
 
 
 def basicsr_flow_warp(x, flow, interp_mode="bilinear", padding_mode="zeros", align_corners=True):
@@ -63,9 +63,11 @@ def official_module(path: Path) -> types.ModuleType:
 
 
 def lr_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """The top-left crop of `size` (h, w) of the image's x4 MATLAB-bicubic LR."""
+    """The centre crop of `size` (h, w) of the image's x4 MATLAB-bicubic LR."""
     hr = read_image(path).pixels[..., :3]
-    lr = bicubic_downscale(mod_crop(hr, 4), 4)[: size[0], : size[1]]
+    h, w = size[0] * 4, size[1] * 4
+    top, left = max(0, (hr.shape[0] - h) // 2), max(0, (hr.shape[1] - w) // 2)
+    lr = bicubic_downscale(hr[top : top + h, left : left + w], 4)
     if lr.shape[:2] != size:
         raise SystemExit(f"{path}: its x4 LR is {lr.shape[1]}x{lr.shape[0]}, smaller than {size[1]}x{size[0]}")
     return to_tensor(np.ascontiguousarray(lr))
@@ -82,7 +84,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--official", type=Path, required=True, help="the official CAMixerSR_arch.py")
     p.add_argument("--weights", type=Path, default=SHARED / "weights" / "CAMixerSR_S.pth")
-    p.add_argument("--image", type=Path, default=SHARED / "datasets" / "Urban100" / "HR" / "img001.png")
+    p.add_argument("--image", type=Path, default=SHARED / "datasets" / "ODI" / "street_equirec2perspec.jpg")
     p.add_argument("--size", default="256x256", help="LR crop HxW")
     p.add_argument("--ratios", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.0])
     p.add_argument("--threads", type=int, default=1)
