@@ -89,6 +89,9 @@ def main() -> None:
     p.add_argument("--ratios", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--official-k", action="store_true",
+                   help="detailsr draws K as the official code does (stochastic=True): both attend the same "
+                   "number of windows on average; by default detailsr attends exactly ratio x N")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -100,7 +103,7 @@ def main() -> None:
     for ratio in args.ratios:
         official = official_cls(n_feats=36, ratio=ratio).eval()
         official.load_state_dict(weights, strict=True)
-        nets[ratio] = (official, load_model({"params_ema": weights}, ratio=ratio))
+        nets[ratio] = (official, load_model({"params_ema": weights}, ratio=ratio, stochastic=args.official_k))
     times = {(r, who): [] for r in args.ratios for who in ("official", "detailsr")}
     for run in range(args.runs + 1):  # the first round warms up
         for ratio, (official, ours) in nets.items():
@@ -115,16 +118,19 @@ def main() -> None:
         rows.append({"ratio": ratio, "official_s": off, "detailsr_s": ours, "speedup": off / ours,
                      "official_runs": times[(ratio, "official")], "detailsr_runs": times[(ratio, "detailsr")]})
     full = {r["ratio"]: r for r in rows}
+    rule = "the official K rule on both sides" if args.official_k else "detailsr with K = ratio x N"
     print(f"CAMixerSR-S x4, LR {size[1]}x{size[0]} of {args.image.name}, {args.threads} thread(s), "
-          f"median of {args.runs} interleaved runs")
+          f"median of {args.runs} interleaved runs, {rule}")
     print(f"{'ratio':>6} {'official s':>11} {'detailsr s':>11} {'speed-up':>9} {'vs ratio 1':>11}")
     for r in rows:
         relative = r["detailsr_s"] / full[1.0]["detailsr_s"] if 1.0 in full else float("nan")
         print(f"{r['ratio']:>6} {r['official_s']:>11.3f} {r['detailsr_s']:>11.3f} {r['speedup']:>8.2f}x "
               f"{relative:>11.2f}")
     command = "python benchmarks/official_camixersr.py " + " ".join(sys.argv[1:])
-    save(f"official_camixersr_{args.size}_t{args.threads}", {
-        "command": command, "machine": machine(), "image": args.image.name, "size": args.size, "rows": rows})
+    suffix = "_official_k" if args.official_k else ""
+    save(f"official_camixersr_{args.size}_t{args.threads}{suffix}", {
+        "command": command, "machine": machine(), "image": args.image.name, "size": args.size, "rule": rule,
+        "rows": rows})
 
 
 if __name__ == "__main__":

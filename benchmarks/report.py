@@ -69,7 +69,8 @@ def bench_section(name: str, data: dict) -> list[str]:
 def official_section(name: str, data: dict) -> list[str]:
     """`official_camixersr.py`: detailsr against the official code, interleaved."""
     lines = [f"### {name}", "", f"`{data['command']}` (torch {data['machine']['torch']}): CAMixerSR-S x4, LR "
-             f"{data['size']} of {data['image']}, median of the interleaved runs.", "",
+             f"{data['size']} of {data['image']}, median of the interleaved runs, "
+             f"{data.get('rule', 'detailsr with K = ratio x N')}.", "",
              "| ratio | official s | detailsr s | speed-up | detailsr vs its ratio 1 |", "|---|---|---|---|---|"]
     full = {r["ratio"]: r["detailsr_s"] for r in data["rows"]}
     for r in data["rows"]:
