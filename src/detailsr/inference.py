@@ -304,7 +304,7 @@ def _tiled(net, x, condition, tile, overlap, blend, progress, device):
     out = torch.zeros(n, 3, h * s, w * s)
     weights = torch.zeros(1, 1, h * s, w * s)
     boxes = [(i, j) for i in range(len(tops)) for j in range(len(lefts))]
-    for i, j in _progress(boxes, progress, "tiles"):
+    for i, j in progress_bar(boxes, progress, "tiles"):
         top, left = tops[i], lefts[j]
         box = (slice(None), slice(None), slice(top, top + th), slice(left, left + tw))
         part = None if condition is None else condition[box].to(device)
@@ -315,7 +315,7 @@ def _tiled(net, x, condition, tile, overlap, blend, progress, device):
     return out / weights
 
 
-def _progress(items: list, enabled: bool, unit: str):
+def progress_bar(items: list, enabled: bool, unit: str):
     if not enabled or len(items) < 2:
         return items
     from tqdm import tqdm

@@ -20,7 +20,7 @@ import torch
 from .benchmark import PeakMemory
 from .errors import ConfigError
 from .imageio import from_tensor
-from .inference import _progress, forward_any_size, tile_origins, tile_weights
+from .inference import forward_any_size, progress_bar, tile_origins, tile_weights
 from .models.base import SRNetwork
 
 DEFAULT_MAX_MEMORY = 1 << 30  # 1 GiB for the network's working set and the float tile buffers
@@ -127,7 +127,7 @@ def streamed_tiles(
     done = 0  # output rows written so far; the band buffers start there
     num = torch.zeros(3, 0, w * s)
     den = torch.zeros(1, 0, w * s)
-    steps = _progress([(i, j) for i in range(len(tops)) for j in range(len(lefts))], progress, "tiles")
+    steps = progress_bar([(i, j) for i in range(len(tops)) for j in range(len(lefts))], progress, "tiles")
     for i, j in steps:
         top, left = tops[i], lefts[j]
         end = (top + th) * s
