@@ -29,11 +29,21 @@ def test_nominal_flops_reproduce_the_official_counter(n_feats, expected):
         assert all(0 <= g - paper < 2.0 for g, paper in zip(got, (894, 652, 532, 410), strict=True))
 
 
+# The predictor's offset convs (c4 = 10 -> c8 = 5 -> 2 channels for S) cost this many MACs per pixel;
+# the fast inference path runs them only in attended windows, the modules everywhere.
+OFFSET_MACS_PER_PIXEL = 10 * 5 + 5 * 2
+
+
 def test_executed_count_matches_an_op_level_count_of_the_dense_network():
     # spec section 9: torch's op counter on S at 32x32 gives 1272.1M FLOPs at ratio 1, 410.9M at 0
     net = CAMixerSR(n_feats=36).eval()
     x = torch.rand(1, 3, 32, 32)
+    net.fast_path = False  # the module path computes what the official code computes
     for ratio, expected in ((1.0, 1272.1), (0.0, 410.9)):
+        assert cost_report(net, x, ratio).executed_flops / 1e6 == pytest.approx(expected, abs=0.05)
+    net.fast_path = True  # the same, less the offsets of the windows that do not attend
+    skipped = 2 * OFFSET_MACS_PER_PIXEL * 32 * 32 * 20 / 1e6
+    for ratio, expected in ((1.0, 1272.1), (0.0, 410.9 - skipped)):
         assert cost_report(net, x, ratio).executed_flops / 1e6 == pytest.approx(expected, abs=0.05)
 
 
@@ -44,8 +54,9 @@ def test_executed_flops_of_a_real_image_lie_between_ratio_0_and_1():
     assert x.shape == (1, 3, 64, 64)
     low, mid, high = (cost_report(net, x, r).executed_macs for r in (0.0, 0.5, 1.0))
     assert low < mid < high
-    # each attended 16x16 window costs 2 matmuls of 256 x 256 x C plus its q/k projections
-    per_window = 2 * 256 * 256 * 36 + 2 * 256 * 36 * 36
+    # each attended 16x16 window costs 2 matmuls of 256 x 256 x C plus its q/k projections and,
+    # in the fast path, the predictor's offsets of its 256 pixels
+    per_window = 2 * 256 * 256 * 36 + 2 * 256 * 36 * 36 + 256 * OFFSET_MACS_PER_PIXEL
     assert high - low == 20 * 16 * per_window  # 20 blocks, 64x64 LR = 16 windows
     assert mid - low == 20 * 8 * per_window
 
