@@ -41,7 +41,8 @@ def cost_section(data: dict) -> list[str]:
         lines.append(f"| {r['model']} | {ratio} | {r['params']:,} | {nominal} | "
                      f"{r['executed_mflops_32x32']:.1f} | {r['executed_gmacs_1280x720_out']:.2f} |")
     lines += ["", f"Latency, CPU, {w}x{h} LR input, median of the runs; ratios of one model measured "
-              "interleaved in one run (compare within a model and thread count).", "",
+              "interleaved in one run (compare within a model and thread count)."
+              + (f" {data['note']}" if data.get("note") else ""), "",
               "| model | threads | ratio | median s | min s | max s | output MP/s | peak MiB |",
               "|---|---|---|---|---|---|---|---|"]
     for r in data["latency"]:
