@@ -367,3 +367,16 @@ def test_every_recipe_builds_and_trains_one_step(path, tmp_path, photo_sets):
     saved = final_weights(run_dir, 1)
     net = load_model(run_dir / "models" / "net_g_1.pth", arch=config["model"]["arch"])
     assert net.scale == recipe["scale"] and set(saved["params"]) == set(net.state_dict())
+
+
+def test_tensorboard_logs_need_the_optional_package(tmp_path, photo_sets):
+    config = tiny_config(tmp_path, photo_sets, **{"train.iterations": 2, "train.tensorboard": True,
+                                                   "val.datasets": []})
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:  # the [tensorboard] extra is not installed: one clear error, before training
+        with pytest.raises(ConfigError, match=r"tensorboard package .*detailsr\[tensorboard\]"):
+            train(config, progress=False)
+        return
+    run_dir = train(config, progress=False)
+    assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))
