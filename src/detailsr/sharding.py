@@ -84,11 +84,15 @@ def start(device: str) -> bool:
     return True
 
 
-def stop() -> None:
-    """Leave the process group, if there is one."""
+def stop(wait: bool = True) -> None:
+    """Leave the process group, if there is one; `wait`: first for every rank to be done with it (a
+    rank that tears down its gloo connections while another still talks to it can abort that one,
+    SIGABRT). After an error there is nobody to wait for: leave at once."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -96,11 +100,13 @@ def stop() -> None:
 def process_group(device: str) -> Iterator[World]:
     """`start` ... `stop` around a block; yields this process's `World`."""
     started = start(device)
+    failed = True
     try:
         yield world()
+        failed = False
     finally:
         if started:
-            stop()
+            stop(wait=not failed)
 
 
 def _distributed() -> bool:

@@ -48,9 +48,12 @@ def train(config: dict[str, Any], resume: bool = False, progress: bool | None = 
     """
     procs = distributed.start(config["train"].get("device"))
     try:
-        return Trainer(config, procs, progress).run(resume)
-    finally:
-        distributed.stop()
+        run_dir = Trainer(config, procs, progress).run(resume)
+    except BaseException:
+        distributed.stop(wait=False)
+        raise
+    distributed.stop()
+    return run_dir
 
 
 class Trainer:
