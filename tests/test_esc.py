@@ -416,6 +416,10 @@ def test_window_attention_matches_the_spec_reference(backend):
     x = torch.randn(2, 8, 6, 11)  # pads to 8 x 12: 2 x 3 windows per image, reflect on both sides
     ref = reference_window_attention(m, x)
     assert torch.allclose(m(x), ref, atol=1e-5, rtol=0)
+    # the layers after a LayerNorm get channels-last data; the result keeps that layout
+    out = m(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=0)
 
 
 @torch.no_grad()

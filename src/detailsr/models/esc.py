@@ -171,6 +171,7 @@ class WindowAttention(nn.Module):
         self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
         self.to_out = nn.Conv2d(dim, dim, 1)
         self.attn_type = attn_type
+        self._bias_cache: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def attn_type(self) -> str:
@@ -184,9 +185,26 @@ class WindowAttention(nn.Module):
         return f"window_size={self.window_size}, num_heads={self.num_heads}, attn_type={self.attn_type!r}"
 
     def bias(self) -> torch.Tensor:
-        """The (heads, ws², ws²) additive bias gathered from the table."""
-        index = relative_position_index(self.window_size, str(self.relative_position_bias.device))
-        return self.relative_position_bias[:, index]
+        """The (heads, ws², ws²) additive bias gathered from the table.
+
+        Without autograd the gather (16 MiB for a 32x32 window) is kept until the table changes:
+        the key holds the parameter's storage, version counter, device and dtype."""
+        table = self.relative_position_bias
+        if torch.is_grad_enabled() and table.requires_grad:
+            return self._gather_bias(table)
+        key = (table.device, table.dtype, table.data_ptr(), table._version)
+        cached = getattr(self, "_bias_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                cached = self._bias_cache = (key, self._gather_bias(table.detach()))
+        return cached[1]
+
+    def _gather_bias(self, table: torch.Tensor) -> torch.Tensor:
+        return table[:, relative_position_index(self.window_size, str(table.device))]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._bias_cache = None
+        return super()._apply(fn, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -198,7 +216,11 @@ class WindowAttention(nn.Module):
         qkv = self.to_qkv(xp).view(b, 3, heads, d, nh, ws, nw, ws)
         qkv = qkv.permute(1, 0, 4, 6, 2, 5, 7, 3).reshape(3, b * nh * nw, heads, ws * ws, d)
         out = self._attend(qkv[0], qkv[1], qkv[2])
-        out = out.view(b, nh, nw, heads, ws, ws, d).permute(0, 3, 6, 1, 4, 2, 5).reshape(b, c, hp, wp)
+        out = out.view(b, nh, nw, heads, ws, ws, d)
+        if _layout(x) == torch.channels_last:  # keep the layer's layout: no mixed-layout residual add
+            out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, c).permute(0, 3, 1, 2)
+        else:
+            out = out.permute(0, 3, 6, 1, 4, 2, 5).reshape(b, c, hp, wp)
         return self.to_out(out[:, :, :h, :w])
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -252,11 +274,17 @@ class ConvAttn(nn.Module):
     def forward(self, x: torch.Tensor, large_kernel: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         p = self.pdim
-        a = x[:, :p]
+        # one dense copy of the sliced channels, in x's layout, feeds both convolutions
+        a = x[:, :p].contiguous(memory_format=_layout(x))
         kernels = self.dynamic_kernels(a).reshape(b * p, 1, 3, 3)
         out = F.conv2d(a, large_kernel, padding=large_kernel.shape[-1] // 2)
         dyn = F.conv2d(a.reshape(1, b * p, h, w), kernels, padding=1, groups=b * p).view(b, p, h, w)
         return torch.cat([out + dyn, x[:, p:]], dim=1)
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 class DecomposedConvAttn(nn.Module):
