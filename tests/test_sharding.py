@@ -77,3 +77,15 @@ def test_upscale_under_torchrun_writes_each_output_once(tmp_path):
     assert names == sorted(p.name for p in one.iterdir()) == ["cat_x4.png", "cup_x4.png", "gravel_x4.png"]
     for name in names:
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_an_error_under_torchrun_says_which_rank_it_is(tmp_path):
+    data = three_images(tmp_path / "in")
+    missing = tmp_path / "no-such-model.pth"
+    result = torchrun("upscale", data, "-o", tmp_path / "out", "-m", missing)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("detailsr: error:")]
+    assert sorted(line.split(":")[2].strip() for line in lines) == ["rank 0", "rank 1"], result.stderr
+    assert all(str(missing) in line for line in lines)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except DetailSRError as e:
         if args.debug:
             raise
-        print(f"detailsr: error: {e}", file=sys.stderr)
+        print(f"detailsr: error: {_rank_prefix()}{e}", file=sys.stderr)
         return USAGE_EXIT if isinstance(e, UsageError) else 1
     except BrokenPipeError:  # e.g. `detailsr models | head`
         sys.stderr.close()
@@ -71,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected failure still gets one line without --debug
         if args.debug:
             raise
-        print(f"detailsr: error: unexpected {type(e).__name__}: {e} (rerun with --debug for details)",
+        print(f"detailsr: error: {_rank_prefix()}unexpected {type(e).__name__}: {e} (rerun with --debug for details)",
               file=sys.stderr)
         return 1
+
+
+def _rank_prefix() -> str:
+    """'rank N: ' under torchrun with several processes (each prints its own line), else ''."""
+    import os
+
+    size, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    return f"rank {rank}: " if size.isdigit() and int(size) > 1 else ""
