@@ -143,3 +143,33 @@ def test_bench_records_its_precision(tmp_path):
     data = json.loads(report.read_text())
     assert data["precision"] == "bf16" and data["device"] in ("cpu", "cuda", "mps")
     assert all(np.isfinite(case["executed_gflops"]) for case in data["cases"])
+
+
+@pytest.mark.slow
+def test_a_compiled_network_gives_the_eager_output():
+    from detailsr.compilation import compile_forward, eagerly
+    from detailsr.models.registry import build_untrained
+
+    net = build_untrained("esc-light-x4").eval()  # the smallest graph to compile: about a minute
+    x = crop("chelsea", 40, 60, 32, 32)
+    with torch.inference_mode():
+        expected = net(x)
+        compile_forward(net)
+        outputs = [net(x) for _ in range(3)]  # the second call compiles again (filled caches)
+        with eagerly(net):
+            assert torch.equal(net(x), expected)
+    assert net.compile_error is None
+    for out in outputs:
+        assert (out - expected).abs().max() < 1e-4
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_one_warning(tmp_path):
+    report = tmp_path / "bench.json"
+    result = detailsr("bench", "-q", "-m", "esc-light-x4", "--untrained", "--size", "16x16", "--runs", "1",
+                      "--compile", "--json", report, env={"CXX": str(tmp_path / "no-compiler")})
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("detailsr: WARNING: torch.compile")]
+    assert len(warnings) == 1 and "running eagerly" in warnings[0] and "no-compiler" in warnings[0]
+    data = json.loads(report.read_text())
+    assert data["compiled"] is False and data["cases"][0]["median_s"] > 0
+    assert "compile failed: eager" in result.stdout

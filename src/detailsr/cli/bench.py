@@ -12,10 +12,12 @@ from ..choices import ALL_ATTENTION_BACKENDS
 from ..errors import UsageError
 from .flops import size_value
 from .options import (
+    add_compile_option,
     add_device_options,
     add_precision_option,
     add_routing_options,
     check_precision,
+    maybe_compile,
     non_negative_int,
     positive_int,
     ratio_value,
@@ -43,6 +45,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--ratio", type=ratio_value, nargs="+", help="ratios to compare (content-aware models)")
     add_device_options(p)
     add_precision_option(p)
+    add_compile_option(p)
     p.add_argument("--runs", type=positive_int, default=5)
     p.add_argument("--warmup", type=non_negative_int, default=1)
     p.add_argument("--attn", choices=ALL_ATTENTION_BACKENDS, help="attention kernel for every model")
@@ -64,7 +67,7 @@ def build_cases(args: argparse.Namespace) -> list:
     check_precision(None, args.precision, args.device)
     for name in args.models or [None]:
         net = to_device((build_untrained if args.untrained else load_model)(name, **options), args.device)
-        net = with_precision(net, args.precision)
+        net = maybe_compile(with_precision(net, args.precision), args)
         ratios = args.ratio if (args.ratio and net.content_aware) else [None]
         for ratio in ratios:
             label = name or "default"
@@ -77,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..benchmark import measure
+    from ..compilation import eagerly
     from ..flops import executed_macs
     from ..imageio import read_image, to_tensor, write_bytes_atomic
     from ..inference import ratio_setting
@@ -85,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     use_threads(args)
     use_device(args)
     cases = build_cases(args)
+    if args.compile:  # a compiled network compiles again once its caches are filled
+        args.warmup = max(args.warmup, 2)
     if args.image:
         x = to_tensor(read_image(args.image).pixels)
     else:
@@ -96,12 +102,12 @@ def run(args: argparse.Namespace) -> int:
     out_pixels = w * h * cases[0].net.scale ** 2
     rows = [c.summary(w * h * c.net.scale ** 2) for c in cases]
     for case, row in zip(cases, rows, strict=True):
-        with ratio_setting(case.net, case.ratio), torch.no_grad(), precision_guard(case.net):
+        with ratio_setting(case.net, case.ratio), torch.no_grad(), precision_guard(case.net), eagerly(case.net):
             row["executed_gflops"] = 2 * executed_macs(case.net, x.to(args.device)) / 1e9
     base = rows[0]
     weights = ", untrained weights" if args.untrained else ""
     source = f"image {args.image}" if args.image else "random input"
-    precision = "" if args.precision == "fp32" else f", {args.precision}"
+    precision = ("" if args.precision == "fp32" else f", {args.precision}") + _compiled(cases, args)
     print(f"LR {w}x{h} ({source}), {torch.get_num_threads()} threads, {args.runs} runs after {args.warmup} "
           f"warm-up{weights}{precision}")
     print(f"{'case':<36} {'median s':>9} {'min s':>7} {'max s':>7} {'MP/s':>7} {'peak MiB':>9} {'GFLOPs':>8} "
@@ -113,7 +119,18 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         report = {"command": "detailsr " + shlex.join(sys.argv[1:]), "image": args.image,
                   "size": [w, h], "threads": torch.get_num_threads(), "device": args.device,
-                  "precision": args.precision, "untrained": args.untrained,
+                  "precision": args.precision, "compiled": bool(_compiled(cases, args)) and not _failed(cases),
+                  "untrained": args.untrained,
                   "output_pixels": out_pixels, "cases": rows}
         write_bytes_atomic(args.json, (json.dumps(report, indent=2) + "\n").encode())
     return 0
+
+
+def _failed(cases: list) -> bool:
+    return any(getattr(c.net, "compile_error", None) for c in cases)
+
+
+def _compiled(cases: list, args: argparse.Namespace) -> str:
+    if not args.compile:
+        return ""
+    return ", compile failed: eager" if _failed(cases) else ", compiled"

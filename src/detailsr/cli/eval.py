@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..choices import BLENDS, PROTOCOLS
 from .options import (
+    add_compile_option,
     add_model_options,
     add_precision_option,
     check_tiles,
@@ -32,6 +33,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     )
     add_model_options(p)
     add_precision_option(p)
+    add_compile_option(p)
     p.add_argument("-d", "--datasets", nargs="+", required=True, metavar="DIR")
     p.add_argument("-s", "--scale", type=positive_int, required=True)
     p.add_argument("--ratio", type=ratio_value, help="share of windows given attention (content-aware models)")

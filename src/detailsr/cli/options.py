@@ -105,6 +105,20 @@ def add_precision_option(p: argparse.ArgumentParser) -> None:
                    "results come back as float32 before rounding")
 
 
+def add_compile_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="compile the network with torch.compile (minutes at the first image; pays off on "
+                   "GPUs); if compiling fails it says why and runs uncompiled")
+
+
+def maybe_compile(net, args: argparse.Namespace):
+    if not getattr(args, "compile", False):
+        return net
+    from ..compilation import compile_forward
+
+    return compile_forward(net)
+
+
 def load_from_args(args: argparse.Namespace):
     from ..models.registry import build_untrained, load_model
 
@@ -119,7 +133,7 @@ def load_from_args(args: argparse.Namespace):
         net = build_untrained(args.model, **options)
     else:
         net = load_model(args.model, **options)
-    return with_precision(to_device(net, args.device), precision)
+    return maybe_compile(with_precision(to_device(net, args.device), precision), args)
 
 
 def use_device(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..choices import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, WRITE_EXTENSIONS
 from ..errors import ConfigError, DetailSRError, ImageError, UsageError
 from .options import (
+    add_compile_option,
     add_model_options,
     add_precision_option,
     check_tiles,
@@ -43,6 +44,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    "standard output for standard input")
     add_model_options(p)
     add_precision_option(p)
+    add_compile_option(p)
     p.add_argument("--batch", type=positive_int, default=1, metavar="N",
                    help="run up to N inputs of the same size as one batch (1); models whose output depends "
                    "on the batch (ATD's token sort, CAMixer's --stochastic draw) take one at a time")
