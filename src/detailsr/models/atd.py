@@ -32,10 +32,19 @@ up to 1.3e-2 (ATD-light x2) and 7e-2 (ATD x4) max abs vs naive. Hence "naive" st
 TDCA always runs explicitly: its probabilities are needed as such. Memory layouts follow the official
 code where they change the kernel (the dictionary is a real per-item copy, the FFN's depthwise conv
 gets a contiguous map); otherwise batches of more than one image round differently (~1e-6).
+
+Outside autograd (eval under `no_grad` / `inference_mode`) the naive backend takes an inference
+path with the same bits: the attention runs a few windows / groups at a time (`blocked_attention`,
+so that the scores stay in cache instead of a (windows, heads, n, n) tensor going through memory
+four times), the roll + window split and the category gathers are single `index_select`s
+(`window_order`, `take_tokens`), and the gathered position bias (per weights) and the shift mask
+(per size) are cached. tests/test_atd_speed_paths.py checks it bitwise against the plain path,
+which autograd forwards take.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -46,7 +55,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import SRNetwork
-from .layers import Upsampler, attention, gather_tokens
+from .layers import Upsampler, attention
 from .record import MixerRecord, MixerWork, RecordingMixer
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -138,6 +147,22 @@ def _window_merge(x: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
     return x.reshape(b, h, w, c)
 
 
+@functools.lru_cache(maxsize=16)
+def window_order(h: int, w: int, ws: int, shift: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, inverse), each (1, h * w) int64, for the (S)W-MSA windows of an (h, w) token map.
+
+    order[p] is the token at place p of `_window_split` of the map rolled by (-shift, -shift);
+    `inverse` undoes it (merge and roll back). Cached per size: shared read-only index tensors.
+    """
+    with torch.inference_mode(False):  # normal tensors: usable by any later forward
+        rows = (torch.arange(h, device=device) + shift) % h  # torch.roll by -shift reads row y + shift
+        cols = (torch.arange(w, device=device) + shift) % w
+        tokens = rows[:, None] * w + cols[None, :]
+        order = tokens.view(h // ws, ws, w // ws, ws).permute(0, 2, 1, 3).reshape(1, -1)
+        inverse = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=device)[None])
+    return order, inverse
+
+
 def _tokens_to_image(x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
     b, _, c = x.shape
     return x.transpose(1, 2).view(b, c, *x_size)
@@ -145,6 +170,65 @@ def _tokens_to_image(x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
 
 def _image_to_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
+
+
+def take_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, N, C) gathered along tokens: out[:, t] = x[:, index[:, t]], a contiguous (B, T, C).
+
+    The values of `layers.gather_tokens` (a pure copy), but as one `index_select` of whole rows,
+    which on CPU is about 10x faster than `torch.gather` with an index expanded over channels.
+    """
+    b, n, c = x.shape
+    if b > 1:
+        index = index + torch.arange(0, b * n, n, device=index.device)[:, None]  # rows of the (B*N, C) view
+    return x.reshape(b * n, c).index_select(0, index.reshape(-1)).view(b, -1, c)
+
+
+def _grad_needed(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+# Bytes of attention scores computed at a time by `blocked_attention`: about one core's L2 cache.
+SCORE_BLOCK_BYTES = 1 << 20
+
+
+def blocked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, finish_scores: Callable[[torch.Tensor, int, int], None],
+) -> torch.Tensor:
+    """softmax(finish_scores(q k^T)) v for q, k, v (G, heads, n, d), a few items of G at a time.
+
+    Returns a (G, n, heads, d) view: the heads side by side, as `proj` takes them after a reshape.
+    `finish_scores(s, i, j)` adds the bias terms (or the scale) in place to the scores s
+    (j - i, heads, n, n) of items [i, j), in the op order of the naive backend. The operands are the
+    contiguous copies that `q @ k.transpose(-2, -1)` and `p @ v` make of these views themselves, and
+    every item's matmuls and every softmax row run the same kernels as for the whole tensor, so the
+    result is bitwise that of the unblocked naive computation (tests/test_atd_speed_paths.py). What
+    changes is that only one block's scores (about one L2 cache) exist at a time, instead of a
+    (G, heads, n, n) tensor that the unblocked code writes to memory and reads back once per bias
+    term and twice in the softmax. No autograd: the callers use it only when nothing needs a gradient.
+    """
+    g, heads, n, d = q.shape
+    m, dv = k.shape[-2], v.shape[-1]
+    q3 = q.reshape(g * heads, n, d)
+    k3 = k.transpose(-2, -1).reshape(g * heads, d, m)
+    v3 = v.reshape(g * heads, m, dv)
+    out = q.new_empty(g * heads, n, dv)
+    step = max(1, SCORE_BLOCK_BYTES // (heads * n * m * q.element_size()))
+    for i in range(0, g, step):
+        j = min(i + step, g)
+        rows = slice(i * heads, j * heads)
+        scores = torch.bmm(q3[rows], k3[rows])
+        finish_scores(scores.view(j - i, heads, n, m), i, j)
+        torch.bmm(torch.softmax(scores, dim=-1), v3[rows], out=out[rows])
+    return out.view(g, heads, n, dv).transpose(1, 2)
+
+
+def _window_rows(mask: torch.Tensor, i: int, j: int) -> torch.Tensor:
+    """The shift masks of windows [i, j) of a batch of images with nW = len(mask) windows each."""
+    nw = mask.shape[0]
+    if i // nw == (j - 1) // nw:  # inside one image: a view
+        return mask[i % nw : (j - 1) % nw + 1]
+    return mask[torch.arange(i, j, device=mask.device) % nw]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,6 +250,7 @@ class WindowAttention(RecordingMixer):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.proj = nn.Linear(dim, dim)
         self.attn_type = "naive"
+        self._bias_cache: tuple[tuple, torch.Tensor] | None = None
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(
@@ -179,6 +264,14 @@ class WindowAttention(RecordingMixer):
         b, n_tok, c3 = qkv.shape
         h, w = x_size
         ws = self.window_size
+        n, c = ws * ws, self.dim
+        self.record = MixerRecord(work=MixerWork(b * n_tok, n, b * n_tok // n, b * n_tok * (2 * n * c + c * c)))
+        if not _grad_needed(qkv):
+            # The roll and the window split folded into one row gather, and back: the same values
+            # copied to the same places, in two passes over the map instead of six.
+            order, inverse = window_order(h, w, ws, shift, qkv.device)
+            out = self.window_attention(take_tokens(qkv, order).view(-1, n, c3), rpi, mask if shift else None)
+            return take_tokens(out.view(b, n_tok, c), inverse)
         grid = qkv.view(b, h, w, c3)
         if shift:
             grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
@@ -186,15 +279,37 @@ class WindowAttention(RecordingMixer):
         grid = _window_merge(out, ws, h, w)
         if shift:
             grid = torch.roll(grid, shifts=(shift, shift), dims=(1, 2))
-        n = ws * ws
-        c = self.dim
-        self.record = MixerRecord(work=MixerWork(b * n_tok, n, out.shape[0], b * n_tok * (2 * n * c + c * c)))
         return grid.reshape(b, n_tok, c)
 
     def position_bias(self, rpi: torch.Tensor) -> torch.Tensor:
-        """(heads, n, n): bias[h, p, q] = table[index[p, q], h]."""
+        """(heads, n, n): bias[h, p, q] = table[index[p, q], h].
+
+        Outside training and autograd the gathered bias is cached, as `esc.LargeKernelNetwork`
+        caches its kernel: keyed on the table's and the index's storage, version counter, device
+        and dtype, so `load_state_dict`, an optimiser step, `copy_` or `.to()` rebuild it; `train()`
+        and `_apply` drop it. It is never saved.
+        """
+        table = self.relative_position_bias_table
+        if self.training or _grad_needed(table) or table.is_inference() or rpi.is_inference():
+            return self._gather_bias(table, rpi)  # inference tensors have no version counter to key on
+        key = (table.device, table.dtype, table.data_ptr(), table._version, rpi.data_ptr(), rpi._version,
+               tuple(rpi.shape))
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor: usable by any later forward
+                self._bias_cache = (key, self._gather_bias(table.detach(), rpi))
+        return self._bias_cache[1]
+
+    def _gather_bias(self, table: torch.Tensor, rpi: torch.Tensor) -> torch.Tensor:
         n = self.window_size * self.window_size
-        return self.relative_position_bias_table[rpi.view(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
+        return table[rpi.view(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
+
+    def train(self, mode: bool = True):
+        self._bias_cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._bias_cache = None
+        return super()._apply(fn, *args, **kwargs)
 
     def window_attention(self, windows: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Attention inside each window: (B*nW, n, 3C) -> projected (B*nW, n, C)."""
@@ -209,6 +324,8 @@ class WindowAttention(RecordingMixer):
         heads = self.num_heads
         qkv = windows.reshape(bw, n, 3, heads, c3 // (3 * heads)).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B*nW, heads, n, d)
+        if self.attn_type == "naive" and not _grad_needed(windows, self.relative_position_bias_table):
+            return self._attend_blocked(q, k, v, self.position_bias(rpi), mask).reshape(bw, n, c3 // 3)
         terms = [self.position_bias(rpi)]  # (heads, n, n)
         if mask is not None:  # per window: attend as (B, nW, heads, n, d) so that the mask broadcasts
             nw = mask.shape[0]
@@ -216,6 +333,19 @@ class WindowAttention(RecordingMixer):
             terms.append(mask.unsqueeze(1))  # (nW, 1, n, n)
         y = attention(q, k, v, self.scale, self.attn_type, terms, scale_queries=True)
         return y.reshape(bw, heads, n, -1).transpose(1, 2).reshape(bw, n, c3 // 3)
+
+    def _attend_blocked(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The naive backend's window attention, a few windows at a time (`blocked_attention`):
+        the same ops in the same order (queries scaled first, + bias, + mask), bitwise the same."""
+
+        def finish(scores: torch.Tensor, i: int, j: int) -> None:
+            scores.add_(bias)
+            if mask is not None:
+                scores.add_(_window_rows(mask, i, j).unsqueeze(1))
+
+        return blocked_attention(q * self.scale, k, v, finish)
 
 
 class TokenDictionaryAttention(RecordingMixer):
@@ -269,8 +399,8 @@ class CategoryAttention(RecordingMixer):
         if pure is not None:
             raise ValueError("the plain AC-MSA takes no Pure-Pass mask")
         order, inverse = self.sort_tokens(sim)
-        y = self.group_attention(gather_tokens(qkv, order))
-        return self.proj(gather_tokens(y, inverse))
+        y = self.group_attention(take_tokens(qkv, order))
+        return self.proj(take_tokens(y, inverse))
 
     @staticmethod
     def sort_tokens(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,8 +428,14 @@ class CategoryAttention(RecordingMixer):
         qkv = z.reshape(b, ng, gs, 3, heads, c // heads).permute(3, 0, 1, 4, 2, 5)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, ng, heads, gs, d)
         scale = torch.clamp(self.logit_scale, max=ACMSA_MAX_LOG_SCALE).exp()  # learned, no 1/sqrt(d)
-        y = attention(q, k, v, scale, self.attn_type)
-        y = y.transpose(2, 3).reshape(b, ng * gs, c)[:, :n]
+        if self.attn_type == "naive" and not _grad_needed(z, scale):
+            # the naive op order ((q k^T) * scale, softmax, @ v), a few groups at a time: bitwise the same
+            y = blocked_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
+                                  lambda scores, i, j: scores.mul_(scale))
+            y = y.reshape(b, ng * gs, c)[:, :n]
+        else:
+            y = attention(q, k, v, scale, self.attn_type)
+            y = y.transpose(2, 3).reshape(b, ng * gs, c)[:, :n]
         self.record = MixerRecord(work=MixerWork(b * n, gs, b * ng, b * (2 * ng * gs * gs * c + n * c * c)))
         return y
 
@@ -505,6 +641,7 @@ class ATD(SRNetwork):
         # A plain constant in the official code (not in its state dict); the index is stored there.
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer(INDEX_BUFFER, relative_position_index(window_size))
+        self._mask_cache: tuple[tuple, torch.Tensor] | None = None
 
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
         self.patch_embed = PatchEmbed(embed_dim, patch_norm)
@@ -537,7 +674,7 @@ class ATD(SRNetwork):
         mean = self.mean.type_as(x)
         x = (x - mean) * self.img_range
         h, w = x.shape[-2:]
-        mask = shift_window_mask(h, w, ws, x.device, x.dtype)
+        mask = self.shift_mask(h, w, x)
         f0 = self.conv_first(x)
         f = self.conv_after_body(self.forward_features(f0, mask, pure, self.routing_condition(f0))) + f0
         if self.upsampler == "pixelshuffledirect":
@@ -546,6 +683,23 @@ class ATD(SRNetwork):
             y = self.conv_last(self.upsample(self.conv_before_upsample(f)))
         y = y / self.img_range + mean
         return y[:, :, : h_in * self.scale, : w_in * self.scale]
+
+    def shift_mask(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+        """`shift_window_mask` of the padded (h, w) map, on `like`'s device and dtype.
+
+        A constant of the size (no weight in it), so the last one is kept and reused while images
+        of the same size follow (its memory, nW * ws^4 floats, stays held between forwards);
+        `_apply` (`.to()`, `.half()`) drops it.
+        """
+        key = (h, w, like.device, like.dtype)
+        if self._mask_cache is None or self._mask_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor: usable by any later forward
+                self._mask_cache = (key, shift_window_mask(h, w, self.window_size, like.device, like.dtype))
+        return self._mask_cache[1]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._mask_cache = None
+        return super()._apply(fn, *args, **kwargs)
 
     def pure_tokens(self, x: torch.Tensor) -> torch.Tensor | None:
         """A (B, N) token mask of the padded input `x` that AC-MSA may skip (Pure-Pass); None: skip none."""

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .atd import ATDLight, CategoryAttention, category_sort
+from .atd import ATDLight, CategoryAttention, category_sort, take_tokens
 from .base import SRNetwork
-from .layers import gather_tokens, scatter_tokens_
+from .layers import scatter_tokens_
 from .record import MixerRecord, MixerWork, mixer_records
 
 DEFAULT_CENTRES = 24
@@ -263,7 +263,7 @@ class PureCategoryAttention(CategoryAttention):
                 continue
             order = category_sort(sim[i, impure].argmax(dim=-1)[None])  # only impure tokens are sorted
             tokens = impure[order]  # (1, n_u) token indices in category order
-            scatter_tokens_(mixed[i : i + 1], tokens, self.group_attention(gather_tokens(qkv[i : i + 1], tokens)))
+            scatter_tokens_(mixed[i : i + 1], tokens, self.group_attention(take_tokens(qkv[i : i + 1], tokens)))
             attended = self.record.work
             work = work + MixerWork(attended.queries, attended.keys, attended.groups,
                                     attended.macs - attended.queries * c * c)
