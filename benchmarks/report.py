@@ -15,15 +15,22 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _ratio(value) -> str:
+    return "-" if value is None else value if isinstance(value, str) else f"{value:g}"
+
+
 def quality_section(data: dict) -> list[str]:
     lines = ["## Quality", "", f"Protocol: {data['protocol']}. Command: `{data['command']}`. Deterministic "
-             "K = floor(N * ratio + 0.5) per block; latency is in the cost section.", "",
-             "| model | ratio | dataset | images | PSNR-Y | SSIM-Y | executed GFLOPs/img |",
-             "|---|---|---|---|---|---|---|"]
+             "routing: the windows with the largest predictor margin; K = floor(N * ratio + 0.5) per block, or "
+             "with ratio auto the predictor's expected count per image and block. *attended*: the share of "
+             "windows that took self-attention, over all blocks and images. Latency is in the cost section.", "",
+             "| model | ratio | dataset | images | PSNR-Y | SSIM-Y | executed GFLOPs/img | attended |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:g}"
+        ratio = _ratio(r["ratio"])
+        attended = "-" if r.get("attended") is None else f"{100 * r['attended']:.1f} %"
         lines.append(f"| {r['model']} | {ratio} | {r['dataset']} | {r['images']} | {r['psnr_y']:.4f} | "
-                     f"{r['ssim_y']:.4f} | {r['executed_gflops']:.2f} |")
+                     f"{r['ssim_y']:.4f} | {r['executed_gflops']:.2f} | {attended} |")
     return lines
 
 
@@ -37,7 +44,7 @@ def cost_section(data: dict) -> list[str]:
              "executed GMACs (1280x720 out) |", "|---|---|---|---|---|---|"]
     for r in data["flops"]:
         nominal = "-" if r["nominal_mflops_32x32"] is None else f"{r['nominal_mflops_32x32']:.1f}"
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:g}"
+        ratio = _ratio(r["ratio"])
         lines.append(f"| {r['model']} | {ratio} | {r['params']:,} | {nominal} | "
                      f"{r['executed_mflops_32x32']:.1f} | {r['executed_gmacs_1280x720_out']:.2f} |")
     lines += ["", f"Latency, CPU, {w}x{h} LR input, median of the runs; ratios of one model measured "
@@ -46,7 +53,7 @@ def cost_section(data: dict) -> list[str]:
               "| model | threads | ratio | median s | min s | max s | output MP/s | peak MiB |",
               "|---|---|---|---|---|---|---|---|"]
     for r in data["latency"]:
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:g}"
+        ratio = _ratio(r["ratio"])
         lines.append(f"| {r['model']} | {r['threads']} | {ratio} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
                      f"{r['max_s']:.3f} | {r['output_mpix_per_s']:.3f} | {r['peak_memory_mib']:.0f} |")
     return lines
@@ -81,6 +88,18 @@ def official_section(name: str, data: dict) -> list[str]:
     return lines
 
 
+def official_atd_section(name: str, data: dict) -> list[str]:
+    """`official_atd.py`: ATD-light against the official code, interleaved."""
+    lines = [f"### {name}", "", f"`{data['command']}` (torch {data['machine']['torch']}, "
+             f"{data['machine']['threads']} thread(s)): ATD-light x4, {data['weights']} weights, LR crops of "
+             f"{data['image']}, `{data['backend']}` attention, median of the interleaved runs.", "",
+             "| LR size | official s | detailsr s | speed-up | max abs difference |", "|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['size']} | {r['official_s']:.3f} | {r['detailsr_s']:.3f} | {r['speedup']:.2f}x | "
+                     f"{r['max_abs_diff']:.1e} |")
+    return lines
+
+
 def large_image_section(data: dict) -> list[str]:
     lines = ["## An 8K frame", "", f"`{data['command']}`: {data['model']}, x4 from {data['input']} (7680x4320 "
              f"output), {data['threads']} thread(s), the real command in its own process.", "",
@@ -90,6 +109,19 @@ def large_image_section(data: dict) -> list[str]:
     if "tiled_vs_whole_mean_abs_255" in data:
         lines += ["", f"Default budget (tiles) vs whole image: mean abs difference "
                   f"{data['tiled_vs_whole_mean_abs_255']:.3f}/255, max {data['tiled_vs_whole_max_abs_255']:.0f}/255."]
+    return lines
+
+
+def plots_section() -> list[str]:
+    """The PNGs `benchmarks/plot.py` drew from the same results."""
+    drawn = [(name, title) for name, title in (("psnr_vs_gflops", "PSNR against executed GFLOPs"),
+                                                ("latency_vs_ratio", "Latency against the ratio"))
+             if (ROOT / "docs" / "plots" / f"{name}.png").is_file()]
+    if not drawn:
+        return []
+    lines = ["## Plots", "", "Drawn by `python benchmarks/plot.py` from the same JSON files.", ""]
+    for name, title in drawn:
+        lines += [f"![{title}](plots/{name}.png)", ""]
     return lines
 
 
@@ -107,11 +139,13 @@ def main() -> None:
         data = _load(name)
         if data is not None:
             lines += render(data) + [""]
-    official = sorted(RESULTS.glob("official_camixersr_*.json"))
+    lines += plots_section()
+    official = sorted(RESULTS.glob("official_camixersr_*.json")) + sorted(RESULTS.glob("official_atd_*.json"))
     if official:
         lines += ["## Against the official code", ""]
         for path in official:
-            lines += official_section(path.stem, json.loads(path.read_text())) + [""]
+            render = official_atd_section if path.stem.startswith("official_atd") else official_section
+            lines += render(path.stem, json.loads(path.read_text())) + [""]
     large = _load("large_image")
     if large is not None:
         lines += large_image_section(large) + [""]

@@ -14,6 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from detailsr.allocator import keep_freed_memory
+
+# Tests run the library in the process the command line sets up: memory measurements made here
+# (the tiler's probe) then agree with what `detailsr upscale` measures in its own process.
+keep_freed_memory()
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DETAILSR_SHARED", REPO.parent / "shared"))
 # CC0 photos shipped with the project (licences in tests/data/images/README.md, examples/README.md)

@@ -379,7 +379,8 @@ def test_odi_mixer_stochastic_mode_reproduces_the_official_draw():
     m = odi_mixer(8, 0.5)
     m.stochastic = True
     captured = {}
-    m.route.register_forward_hook(lambda mod, inp, out: captured.update(p=out[0]))
+    # the route returns the window logits; the official p is their softmax (the out_mask's last layer)
+    m.route.register_forward_hook(lambda mod, inp, out: captured.update(p=mod.out_mask[-1](out[0])))
     x, cond = mixer_inputs(b=2, h=64, w=64)
     ks = set()
     with torch.no_grad():

@@ -261,8 +261,11 @@ def expected_attended_share(net, x: torch.Tensor) -> float:
     """The share of windows CAMixer's Gumbel draw sends to attention, in expectation: the draw picks
     "attend" with probability sigmoid(p0 - p1) for the predictor's probabilities p (its logits)."""
     found = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: found.append(torch.sigmoid(out[..., 0] - out[..., 1])))
-             for name, m in net.named_modules() if name.endswith("route.out_mask")]
+    def on_logits(_m, _i, out):  # out_mask's last Linear gives the window logits; p is their softmax
+        p = torch.softmax(out, dim=-1)
+        found.append(torch.sigmoid(p[..., 0] - p[..., 1]))
+
+    hooks = [m.register_forward_hook(on_logits) for name, m in net.named_modules() if name.endswith("route.out_mask.2")]
     with torch.no_grad():
         net(x)
     for h in hooks:

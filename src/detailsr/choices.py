@@ -9,6 +9,7 @@ ALL_ATTENTION_BACKENDS = ("naive", "sdpa", "flex")  # ESC also offers flex_atten
 BLENDS = ("feather", "average")
 ROUTINGS = ("learned", "purepass")  # CAMixerSR: the predictor's windows, or those less the pure ones
 PROTOCOLS = ("y", "rgb", "ws")
+AUTO_RATIO = "auto"  # the ratio with which CAMixer's predictor sets K per image and layer
 PRECISIONS = ("fp32", "fp16", "bf16")  # float32, float16, bfloat16: the network and its inputs
 
 DEFAULT_MAX_PIXELS: int = 16384 * 16384

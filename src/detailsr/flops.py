@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .choices import AUTO_RATIO
 from .inference import forward_any_size, ratio_setting
 from .models.base import SRNetwork
 from .models.record import clear_records, mixer_records
@@ -111,7 +112,8 @@ def cost_report(net: SRNetwork, x: torch.Tensor, ratio: float | None = None) -> 
         used = getattr(net, "ratio", None)
         clear_records(net)
         macs = executed_macs(net, x)
-        nominal = nominal_flops(net, h, w, used)
     records = mixer_records(net, routed_only=True)
     share = torch.stack([r.pixel_mask().float().mean() for r in records]).mean().item() if records else None
+    # ratio "auto": the paper's counter at the share of windows this image took
+    nominal = nominal_flops(net, h, w, share if used == AUTO_RATIO else used)
     return CostReport(count_parameters(net), h, w, used, nominal, macs, share)

@@ -20,7 +20,7 @@ from .options import (
     maybe_compile,
     non_negative_int,
     positive_int,
-    ratio_value,
+    routing_ratio,
     runtime_options,
     to_device,
     use_device,
@@ -42,7 +42,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--size", type=size_value, help="LR input WxH (seeded random pixels)")
     source.add_argument("--image", help="LR input: this image (its content sets the routing)")
-    p.add_argument("--ratio", type=ratio_value, nargs="+", help="ratios to compare (content-aware models)")
+    p.add_argument("--ratio", type=routing_ratio, nargs="+",
+                   help="ratios to compare (content-aware models; auto: CAMixer's predictor decides)")
     add_device_options(p)
     add_precision_option(p)
     add_compile_option(p)
@@ -71,7 +72,7 @@ def build_cases(args: argparse.Namespace) -> list:
         ratios = args.ratio if (args.ratio and net.content_aware) else [None]
         for ratio in ratios:
             label = name or "default"
-            label = label if ratio is None else f"{label} @ {ratio:g}"
+            label = label if ratio is None else f"{label} @ {ratio if isinstance(ratio, str) else format(ratio, 'g')}"
             cases.append(Case(label, net, ratio))
     return cases
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from .options import add_model_options, load_from_args, ratio_value
+from .options import add_model_options, load_from_args, routing_ratio
 
 
 def size_value(text: str) -> tuple[int, int]:
@@ -29,7 +29,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     add_model_options(p)
     p.add_argument("--size", type=size_value, help="LR input WxH (default: the LR of a 1280x720 output)")
     p.add_argument("--image", help="count on this image (its content sets the routing)")
-    p.add_argument("--ratio", type=ratio_value, help="share of windows given attention (content-aware models)")
+    p.add_argument("--ratio", type=routing_ratio, help="share of windows given attention (content-aware models), "
+                   "or auto: CAMixer's predictor decides per image and layer")
     p.add_argument("--untrained", action="store_true",
                    help="random weights of the zoo model's architecture (no checkpoint needed)")
     p.set_defaults(run=run)
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     report = cost_report(net, x, args.ratio)
     s = net.scale
     print(f"model        {args.model or 'default'} ({net.arch}, x{s})" +
-          (f", ratio {report.ratio:g}" if report.ratio is not None else ""))
+          (f", ratio {report.ratio:g}" if isinstance(report.ratio, float) else
+           f", ratio {report.ratio}" if report.ratio is not None else ""))
     print(f"parameters   {report.params:,}")
     print(f"input        {report.width}x{report.height} LR -> {report.width * s}x{report.height * s} ({source})")
     if report.nominal_flops is not None:

@@ -11,7 +11,7 @@ import argparse
 import re
 import sys
 
-from ..choices import ALL_ATTENTION_BACKENDS, PRECISIONS, ROUTINGS
+from ..choices import ALL_ATTENTION_BACKENDS, AUTO_RATIO, PRECISIONS, ROUTINGS
 from ..errors import ConfigError, UsageError
 from ..sizes import parse_bytes
 
@@ -45,6 +45,16 @@ def ratio_value(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
+
+
+def routing_ratio(text: str) -> float | str:
+    """--ratio: a share of windows in [0, 1], or 'auto' (CAMixer's predictor sets it per image and layer)."""
+    if text.strip().lower() == AUTO_RATIO:
+        return AUTO_RATIO
+    try:
+        return ratio_value(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'auto', got {text!r}") from None
 
 
 def memory_size(text: str) -> int:

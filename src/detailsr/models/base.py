@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..choices import ATTENTION_BACKENDS
+from ..choices import ATTENTION_BACKENDS, AUTO_RATIO
 from ..errors import ConfigError
 
 
@@ -36,14 +36,18 @@ class SRNetwork(nn.Module):
         self.scale = scale
         self.config = dict(config)
 
+    routes_by_predictor: bool = False  # CAMixer networks: ratio "auto" lets their predictor set K
+
     @property
     def content_aware(self) -> bool:
         return any(hasattr(m, "set_ratio") for m in self.modules() if m is not self)
 
-    def set_ratio(self, ratio: float) -> None:
-        """Fraction of windows (or pixels) that take the expensive path, in [0, 1]."""
-        if not 0.0 <= ratio <= 1.0:
-            raise ConfigError(f"ratio must lie in [0, 1], got {ratio}")
+    def set_ratio(self, ratio: float | str) -> None:
+        """Fraction of windows (or pixels) that take the expensive path, in [0, 1]; or "auto" where the
+        network's own predictor decides (CAMixer's mixers)."""
+        ratio = check_ratio(ratio)
+        if ratio == AUTO_RATIO and not self.routes_by_predictor:
+            raise ConfigError(f"{self.arch} has no predictor to set its ratio: 'auto' needs a CAMixer model")
         self.ratio = ratio
         for m in self.modules():
             if m is not self and hasattr(m, "set_ratio"):
@@ -76,3 +80,16 @@ class SRNetwork(nn.Module):
                         f"{self.arch} offers the attention backends {', '.join(allowed)}, not {backend!r}"
                     )
                 m.attn_type = name
+
+
+def check_ratio(ratio: float | str) -> float | str:
+    """A ratio in [0, 1] as a float, or "auto"."""
+    if isinstance(ratio, str) and ratio.strip().lower() == AUTO_RATIO:
+        return AUTO_RATIO
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise ConfigError(f"ratio must be a number in [0, 1] or 'auto', got {ratio!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"ratio must lie in [0, 1] (or be 'auto'), got {ratio}")
+    return value

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import AUTO_RATIO as AUTO
 from .layers import (
     LayerNorm2d,
     attention,
@@ -37,8 +38,58 @@ WINDOW = 16
 
 
 def deterministic_k(n: int, ratio: float) -> int:
-    """detailsr's default rule: K = floor(N * ratio + 0.5) (halves round up), clamped to [0, N]."""
+    """detailsr's fixed rule: K = floor(N * ratio + 0.5) (halves round up), clamped to [0, N]."""
     return min(max(int(math.floor(n * ratio + 0.5)), 0), n)
+
+
+def auto_k(p_hard: torch.Tensor) -> int:
+    """K of ratio "auto" for one image: floor(sum of p_hard + 0.5), the number of windows the official
+    rule K = N * r * 2 * gamma attends on average at gamma = 0.5 (r: the mean of one hard Gumbel draw
+    per window, whose expectation is the mean of p_hard), without the draw. p_hard: (N,)."""
+    return min(int(math.floor(float(p_hard.detach().sum()) + 0.5)), p_hard.shape[0])
+
+
+def rank_windows(logits: torch.Tensor, ratio: float | str) -> torch.Tensor:
+    """The deterministic choice: indices (B, K) of the windows that attend, best first.
+
+    Windows are ranked by the predictor's margin logit[hard] - logit[easy] before its softmax: the
+    trained predictors saturate, and many probabilities are exactly 1.0 and would tie (raster order
+    would then decide), while the margins do not tie. Equal margins keep window-index order.
+    K: `deterministic_k(N, ratio)`, or `auto_k` per image with ratio "auto" (one image at a time).
+    """
+    b, n, _ = logits.shape
+    order = torch.sort(logits[..., 0] - logits[..., 1], dim=1, descending=True, stable=True).indices
+    if ratio != AUTO:
+        return order[:, : deterministic_k(n, ratio)]
+    if b != 1:
+        raise ValueError("ratio 'auto' routes one image at a time (the networks split batches)")
+    return order[:, : auto_k(torch.softmax(logits[0].float(), dim=-1)[:, 0])]
+
+
+def graph_k(logits: torch.Tensor, ratio: float | str) -> torch.Tensor:
+    """K per image (B,) int64 as tensor ops (for ONNX export): `deterministic_k` or `auto_k`, in
+    float64 as Python computes them."""
+    n = torch.ones_like(logits[..., 0], dtype=torch.float64).sum(1)  # the window count, traced
+    if ratio == AUTO:
+        expected = torch.softmax(logits.float(), dim=-1)[..., 0].sum(1).to(torch.float64)
+    else:
+        expected = n * float(ratio)
+    return torch.minimum(torch.floor(expected + 0.5).clamp(min=0), n).long()
+
+
+def top_windows(margin: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Indices (B, k) of the largest margins, ties to the lower index as in `rank_windows`."""
+    if torch.jit.is_tracing():
+        # ONNX TopK breaks ties by the lower index: the stable sort's order (ONNX has no stable Sort)
+        return torch.topk(margin, k, dim=1).indices
+    return torch.sort(margin, dim=1, descending=True, stable=True).indices[:, : int(k)]
+
+
+def mask_logits(out_mask: nn.Sequential, m: torch.Tensor) -> torch.Tensor:
+    """The window scores before the final softmax of a predictor's `out_mask` (B, N, 2)."""
+    for layer in list(out_mask)[:-1]:
+        m = layer(m)
+    return m
 
 
 def official_k(n: int, hard_fraction: torch.Tensor, ratio: float) -> int:
@@ -81,13 +132,14 @@ class PredictorLG(nn.Module):
         self.out_SA = nn.Sequential(nn.Conv2d(c4, 1, 3, 1, 1), nn.Sigmoid())
 
     def forward(self, cond: torch.Tensor):
-        """Window probabilities p (B, N, 2), offsets (B, 2, H, W), ca (B, C, 1, 1), sa (B, 1, H, W)."""
+        """Window logits (B, N, 2) (their softmax: the official p), offsets (B, 2, H, W), ca (B, C, 1, 1),
+        sa (B, 1, H, W)."""
         z = self.in_conv(cond)
         offsets = torch.tanh(self.out_offsets(z)) * 8
         ca = self.out_CA(z)
         sa = self.out_SA(z)
         m = window_partition(z.mean(1, keepdim=True), self.window_size).squeeze(-1)
-        return self.out_mask(m), offsets, ca, sa
+        return mask_logits(self.out_mask, m), offsets, ca, sa
 
 
 class CAMixer(RecordingMixer):
@@ -107,6 +159,9 @@ class CAMixer(RecordingMixer):
         # pure pixels (B, N); a window whose share reaches `pure_threshold` never attends.
         self.window_pure: torch.Tensor | None = None
         self.pure_threshold = 0.5
+        # ONNX export only (`detailsr.export`): route with tensor ops (`_mix_graph`) so that a traced
+        # graph keeps the routing for any input size; off otherwise (the forward is unchanged).
+        self.graph_routing = False
         self.project_v = nn.Conv2d(dim, dim, 1)
         self.project_q = nn.Linear(dim, dim)
         self.project_k = nn.Linear(dim, dim)
@@ -117,7 +172,7 @@ class CAMixer(RecordingMixer):
         self.project_out = nn.Conv2d(dim, dim, 1)
         self.route = PredictorLG(dim, window_size, ratio)
 
-    def set_ratio(self, ratio: float) -> None:
+    def set_ratio(self, ratio: float | str) -> None:
         self.ratio = ratio
         self.route.ratio = ratio
 
@@ -127,19 +182,21 @@ class CAMixer(RecordingMixer):
         b, _, h, w = x.shape
         v = self.project_v(x)
         cw = window_condition(h, w, ws, x).expand(b, -1, -1, -1)
-        p, offsets, ca, sa = self.route(torch.cat((v, global_condition, cw), dim=1))
+        logits, offsets, ca, sa = self.route(torch.cat((v, global_condition, cw), dim=1))
         k_in = x + flow_warp(x, offsets)
         grid = (h // ws, w // ws)
 
         if self.training:
-            mask = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
+            mask = F.gumbel_softmax(torch.softmax(logits, dim=-1), hard=True, dim=2)[:, :, 0:1]
             self.record = MixerRecord(hard_fraction=mask.mean(1))  # (B, 1), read by the ratio loss
             return self._finish(self._mix_dense(x, k_in, v, sa, mask), ca)
 
-        keep = self._veto_pure(self._select(p))
+        if self.graph_routing:
+            return self._finish(self._mix_graph(x, k_in, v, sa, logits), ca)
+        keep = self._veto_pure(self._select(logits))
         self.record = self._record(keep, grid, b)
         if self.dense_reference:
-            mask = torch.zeros_like(p[:, :, :1]).scatter_(1, keep[..., None], 1.0)
+            mask = torch.zeros_like(logits[:, :, :1]).scatter_(1, keep[..., None], 1.0)
             a = self._mix_dense(x, k_in, v, sa, mask)
         else:
             a = self._mix_gather(x, k_in, v, sa, keep)
@@ -161,21 +218,18 @@ class CAMixer(RecordingMixer):
         impure = self.window_pure[0, keep[0]] < self.pure_threshold
         return keep[:, impure]
 
-    def _select(self, p: torch.Tensor) -> torch.Tensor:
-        """Indices (B, K) of the windows that get attention: the top K by p[..., 0].
-
-        Deterministic mode breaks ties by window index (raster order)."""
-        n = p.shape[1]
-        score = p[:, :, 0]
-        if self.stochastic:
-            # The official draw and sort. Many scores saturate to exactly 1.0 and tie; torch's
-            # (unstable) argsort orders ties its own way, so only this call reproduces the
-            # official window choice.
-            hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
-            k = official_k(n, hard.mean(), self.route.ratio)
-            return torch.argsort(score, dim=1, descending=True)[:, :k]
-        k = deterministic_k(n, self.route.ratio)
-        return torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]
+    def _select(self, logits: torch.Tensor) -> torch.Tensor:
+        """Indices (B, K) of the windows that get attention: `rank_windows`, or the official draw."""
+        if not self.stochastic:
+            return rank_windows(logits, self.route.ratio)
+        # The official draw and sort of p = softmax(logits). Many p saturate to exactly 1.0 and tie;
+        # torch's (unstable) argsort orders ties its own way, so only this call reproduces the
+        # official window choice. Ratio "auto" draws as at 0.5, the rule it takes the expectation of.
+        p = torch.softmax(logits, dim=-1)
+        hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
+        ratio = 0.5 if self.route.ratio == AUTO else self.route.ratio
+        k = official_k(p.shape[1], hard.mean(), ratio)
+        return torch.argsort(p[:, :, 0], dim=1, descending=True)[:, :k]
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Single-head attention without 1/sqrt(d) scaling, per window: (B, K, T, C) tensors."""
@@ -198,6 +252,24 @@ class CAMixer(RecordingMixer):
         # Copy only the selected windows out of the feature maps, and the results back in.
         attended = self._attend(*(gather_windows(t, keep, ws) for t in (x, k_in, v)))
         return scatter_windows_(out, keep, attended, ws)
+
+    def _mix_graph(self, x, k_in, v, sa, logits):
+        """Export only: `rank_windows` + `_mix_gather` in tensor ops, the same outputs.
+
+        K is a tensor computed from the traced window count (or, with ratio "auto", from the
+        predictor's p), never a Python int, so the ONNX graph routes any size and content. Each
+        image keeps its own K ("auto"): ranks past it keep their cheap `v * sa` windows.
+        """
+        ws = self.window_size
+        _, c, h, w = x.shape
+        k_each = graph_k(logits, self.route.ratio)  # (B,)
+        order = top_windows(logits[..., 0] - logits[..., 1], k_each.max())  # (B, K_max)
+        index = order[:, :, None, None].expand(-1, -1, ws * ws, c)
+        cheap = window_partition(v * sa, ws)
+        attended = self._attend(*(torch.gather(window_partition(t, ws), 1, index) for t in (x, k_in, v)))
+        rank = torch.ones_like(order).cumsum(1) - 1
+        attended = torch.where((rank < k_each[:, None])[:, :, None, None], attended, torch.gather(cheap, 1, index))
+        return window_unpartition(cheap.scatter(1, index, attended), ws, h, w)
 
     def _mix_dense(self, x, k_in, v, sa, mask):
         """The training form: every window attends, masked by `mask` (B, N, 1) in {0, 1}."""
@@ -251,13 +323,13 @@ class PredictorODI(nn.Module):
         self.out_SA = nn.Sequential(nn.Conv2d(c4, 1, 3, 1, 1), nn.Sigmoid())
 
     def forward(self, cond: torch.Tensor):
-        """Window probabilities p (B, N, 2), offsets (B, 2, H, W), ca (B, C, 1, 1), sa (B, 1, H, W)."""
+        """Window logits (B, N, 2), offsets (B, 2, H, W), ca (B, C, 1, 1), sa (B, 1, H, W)."""
         z = self.in_conv(cond)
         offsets = self.out_offsets(z)
         ca = self.out_CA(z)
         sa = self.out_SA(z)
         m = window_partition(z.mean(1, keepdim=True), self.window_size).squeeze(-1)
-        return self.out_mask(m), offsets, ca, sa
+        return mask_logits(self.out_mask, m), offsets, ca, sa
 
 
 class CAMixerODI(CAMixer):
@@ -302,33 +374,30 @@ class CAMixerODI(CAMixer):
         b, _, h, w = x.shape
         v = self._roll(self.project_v(x), -1)
         cw = self._roll(window_condition(h, w, ws, x), -1).expand(b, -1, -1, -1)
-        p, offsets, ca, sa = self.route(torch.cat((v, condition, cw), dim=1))
+        logits, offsets, ca, sa = self.route(torch.cat((v, condition, cw), dim=1))
         qk = self._roll(flow_warp(x, offsets), -1)  # query = key = the warped, rolled map
         grid = (h // ws, w // ws)
 
         if self.training:
-            mask = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
+            mask = F.gumbel_softmax(torch.softmax(logits, dim=-1), hard=True, dim=2)[:, :, 0:1]
             self.record = MixerRecord(hard_fraction=mask.mean(1))  # (B, 1), read by the ratio loss
             return self._finish(self._roll(self._mix_dense(qk, qk, v, sa, mask), 1), ca)
 
-        keep = self._select(p)
+        keep = self._select(logits)
         self.record = self._record(keep, grid, b, self.shift)
         if self.dense_reference:
-            mask = torch.zeros_like(p[:, :, :1]).scatter_(1, keep[..., None], 1.0)
+            mask = torch.zeros_like(logits[:, :, :1]).scatter_(1, keep[..., None], 1.0)
             a = self._mix_dense(qk, qk, v, sa, mask)
         else:
             a = self._mix_gather(qk, qk, v, sa, keep)
         return self._finish(self._roll(a, 1), ca)
 
-    def _select(self, p: torch.Tensor) -> torch.Tensor:
-        """Indices (B, K) of the attended windows: the top K by p[..., 0] (see `CAMixer._select`)."""
-        n = p.shape[1]
-        score = p[:, :, 0]
-        if self.stochastic:
-            # The official draw (one Gumbel sample of B*N*2 values from the global RNG), the ODI
-            # count rule and the official (unstable) argsort.
-            hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
-            k = odi_k(n, hard.mean())
-            return torch.argsort(score, dim=1, descending=True)[:, :k]
-        k = deterministic_k(n, self.route.ratio)
-        return torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]
+    def _select(self, logits: torch.Tensor) -> torch.Tensor:
+        """Indices (B, K) of the attended windows: `rank_windows`, or the official ODI draw."""
+        if not self.stochastic:
+            return rank_windows(logits, self.route.ratio)
+        # The official draw (one Gumbel sample of B*N*2 values from the global RNG), the ODI
+        # count rule and the official (unstable) argsort of p = softmax(logits).
+        p = torch.softmax(logits, dim=-1)
+        hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
+        return torch.argsort(p[:, :, 0], dim=1, descending=True)[:, : odi_k(p.shape[1], hard.mean())]

@@ -18,9 +18,9 @@ from arch-camixer.md §1 (global predictor), §4-§6 (routing, training) and arc
 Constructor flags (names are ours; defaults as the spec):
 
 * `ratio` gamma = 0.5: share of windows that attend. Inference: K = floor(N * gamma + 0.5) (the spec's
-  round(N * gamma), halves up, the library's CAMixer rule), top-K by the predictor's attention
-  probability, ties by window index. `stochastic=True` on the mixers (runtime option) gives CAMixer's
-  official random count instead (`camixer.official_k`).
+  round(N * gamma), halves up, the library's CAMixer rule), or "auto" (`camixer.auto_k`); the top K by
+  the predictor's logit margin (`camixer.rank_windows`). `stochastic=True` on the mixers (runtime
+  option) gives CAMixer's official random count instead (`camixer.official_k`).
 * `shift` = False: every layer uses unshifted windows (CAMixer needs the shift disabled, §2.2).
   True keeps ATD's alternate half-window shift; the routing then happens on the rolled map (V, `cg`,
   scores, `sa` and the attended windows all in the rolled frame, the window-position code aligned
@@ -57,7 +57,7 @@ from torch import nn
 from . import atd
 from .atd import ATDLight, ATDTransformerLayer, WindowAttention
 from .base import SRNetwork
-from .camixer import PredictorLG, deterministic_k, official_k, window_condition
+from .camixer import AUTO, PredictorLG, mask_logits, official_k, rank_windows, window_condition
 from .layers import flow_warp, gather_windows, scatter_windows_, window_partition, window_unpartition
 from .record import MixerRecord, MixerWork, attended_share
 
@@ -75,12 +75,12 @@ class WindowPredictor(PredictorLG):
             del self.out_offsets  # not used: no parameters, no keys
 
     def forward(self, cond: torch.Tensor):
-        """Window probabilities p (B, N, 2), offsets (B, 2, H, W) or None, ca (B, C, 1, 1), sa (B, 1, H, W)."""
+        """Window logits (B, N, 2), offsets (B, 2, H, W) or None, ca (B, C, 1, 1), sa (B, 1, H, W)."""
         if self.deformable:
             return super().forward(cond)
         z = self.in_conv(cond)
         m = window_partition(z.mean(1, keepdim=True), self.window_size).squeeze(-1)
-        return self.out_mask(m), None, self.out_CA(z), self.out_SA(z)
+        return mask_logits(self.out_mask, m), None, self.out_CA(z), self.out_SA(z)
 
 
 class RoutedWindowAttention(WindowAttention):
@@ -103,7 +103,7 @@ class RoutedWindowAttention(WindowAttention):
             nn.Conv2d(dim, dim, 3, 1, 2, dilation=2, groups=dim),
         )
 
-    def set_ratio(self, ratio: float) -> None:
+    def set_ratio(self, ratio: float | str) -> None:
         self.ratio = ratio
         self.route.ratio = ratio
 
@@ -125,20 +125,20 @@ class RoutedWindowAttention(WindowAttention):
         maps = grid.permute(0, 3, 1, 2)  # (B, 3C, h, w) view: [q | k | v] channels
         v = maps[:, 2 * c :]
         cw = window_condition(h, w, ws, v).expand(b, -1, -1, -1)
-        p, offsets, ca, sa = self.route(torch.cat((v, condition, cw), dim=1))
+        logits, offsets, ca, sa = self.route(torch.cat((v, condition, cw), dim=1))
         if offsets is not None:
             maps = self._deform_keys(maps, offsets)
         attn_mask = mask if shift else None
 
         if self.training:
-            hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
+            hard = F.gumbel_softmax(torch.softmax(logits, dim=-1), hard=True, dim=2)[:, :, 0:1]
             self.record = MixerRecord(hard_fraction=hard.mean(1))  # (B, 1), read by the ratio loss
             a = self._mix_dense(maps, v, sa, hard, rpi, attn_mask)
         else:
-            keep = self._select(p)
+            keep = self._select(logits)
             self.record = self._record(keep, (h // ws, w // ws), b, n_tok, shift)
             if self.dense_reference:
-                hard = torch.zeros_like(p[:, :, :1]).scatter_(1, keep[..., None], 1.0)
+                hard = torch.zeros_like(logits[:, :, :1]).scatter_(1, keep[..., None], 1.0)
                 a = self._mix_dense(maps, v, sa, hard, rpi, attn_mask)
             else:
                 a = self._mix_gather(maps, v, sa, keep, rpi, attn_mask)
@@ -152,16 +152,14 @@ class RoutedWindowAttention(WindowAttention):
         k = maps[:, c : 2 * c]
         return torch.cat((maps[:, :c], k + flow_warp(k, offsets), maps[:, 2 * c :]), dim=1)
 
-    def _select(self, p: torch.Tensor) -> torch.Tensor:
-        """Indices (B, K) of the attended windows: the top K by p[..., 0], ties by window index."""
-        n = p.shape[1]
-        score = p[:, :, 0]
-        if self.stochastic:
-            hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
-            k = official_k(n, hard.mean(), self.ratio)
-            return torch.argsort(score, dim=1, descending=True)[:, :k]
-        k = deterministic_k(n, self.ratio)
-        return torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]
+    def _select(self, logits: torch.Tensor) -> torch.Tensor:
+        """Indices (B, K) of the attended windows: `rank_windows`, or CAMixer's official draw."""
+        if not self.stochastic:
+            return rank_windows(logits, self.ratio)
+        p = torch.softmax(logits, dim=-1)
+        hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
+        k = official_k(p.shape[1], hard.mean(), 0.5 if self.ratio == AUTO else self.ratio)
+        return torch.argsort(p[:, :, 0], dim=1, descending=True)[:, :k]
 
     def _record(self, keep: torch.Tensor, grid: tuple[int, int], batch: int, n_tok: int, shift: int) -> MixerRecord:
         """The windows attended; work: their attention matmuls, and `proj` on every token."""
@@ -214,6 +212,7 @@ class CAMixerATDLight(ATDLight):
     """
 
     arch = "camixer_atd_light"
+    routes_by_predictor = True
 
     def __init__(self, scale: int = 4, ratio: float = 0.5, shift: bool = False, deformable: bool = False,
                  **kwargs: Any) -> None:
@@ -232,6 +231,11 @@ class CAMixerATDLight(ATDLight):
         )
         self.set_ratio(ratio)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and x.shape[0] > 1 and self.ratio == AUTO:  # K is counted per image
+            return torch.cat([self(x[i : i + 1]) for i in range(x.shape[0])])
+        return super().forward(x)
+
     def routing_condition(self, f0: torch.Tensor) -> torch.Tensor:
         return self.global_predictor(f0)
 
@@ -240,7 +244,8 @@ class CAMixerATDLight(ATDLight):
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """CAMixer's ratio loss of the last training forward: 2 ratio (mean attended share - 0.5)^2."""
-        return {"ratio": 2 * self.ratio * (attended_share(self) - 0.5) ** 2}
+        gamma = 0.5 if self.ratio == AUTO else self.ratio  # "auto" is the rule's expectation at 0.5
+        return {"ratio": 2 * gamma * (attended_share(self) - 0.5) ** 2}
 
     def new_parameter_keys(self) -> list[str]:
         """State-dict keys an ATD-light of the same configuration does not have (the routing)."""

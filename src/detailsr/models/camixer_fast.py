@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .camixer import CAMixer, window_condition
+from .camixer import CAMixer, mask_logits, window_condition
 from .layers import LayerNorm2d, attention, coordinate_dtype
 
 # (height, width, window, dtype, device) -> the window position code as (1, H, W, 2)
@@ -65,9 +65,9 @@ def _mixer(mixer: CAMixer, x: torch.Tensor, condition: torch.Tensor) -> torch.Te
     z = F.leaky_relu(_layer_norm(z, route.in_conv[1]), 0.1)
     ca = torch.sigmoid(_linear(z.mean((1, 2)), route.out_CA[1]))[:, None, None, :]
     sa = torch.sigmoid(_conv(z, route.out_SA[0]))
-    p = route.out_mask(_windows(z.mean(-1, keepdim=True), ws).squeeze(-1))
+    logits = mask_logits(route.out_mask, _windows(z.mean(-1, keepdim=True), ws).squeeze(-1))
     grid = (h // ws, w // ws)
-    keep = mixer._veto_pure(mixer._select(p))
+    keep = mixer._veto_pure(mixer._select(logits))
     mixer.record = mixer._record(keep, grid, b)
     n_keep, n = keep.shape[1], grid[0] * grid[1]
 

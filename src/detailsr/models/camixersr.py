@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..choices import ROUTINGS
+from ..choices import AUTO_RATIO, ROUTINGS
 from ..errors import ConfigError
 from .base import SRNetwork
 from .camixer import WINDOW, CAMixer, CAMixerODI
@@ -77,6 +77,7 @@ class CAMixerSR(SRNetwork):
     """CAMixerSR. `net(x)` -> image; after a training forward `auxiliary_losses()` gives the ratio loss."""
 
     arch = "camixersr"
+    routes_by_predictor = True
     min_size = WINDOW  # the official reflect padding needs the pad to be smaller than the side
     tile_safe = True
 
@@ -111,8 +112,8 @@ class CAMixerSR(SRNetwork):
                 m.pure_threshold = pure_threshold
 
     def forward(self, x: torch.Tensor):
-        if self.routing == "purepass" and not self.training and x.shape[0] > 1:
-            return torch.cat([self(item[None]) for item in x])  # windows vetoed per image
+        if not self.training and x.shape[0] > 1 and (self.routing == "purepass" or self.ratio == AUTO_RATIO):
+            return torch.cat([self(item[None]) for item in x])  # windows vetoed / counted per image
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, WINDOW, mode="reflect")
         if self.routing == "purepass" and not self.training:
@@ -141,7 +142,8 @@ class CAMixerSR(SRNetwork):
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """The ratio loss of the last training forward: 2 ratio (mean attended share - 0.5)^2,
         the share over blocks, windows and batch."""
-        return {"ratio": 2 * self.ratio * (attended_share(self) - 0.5) ** 2}
+        gamma = 0.5 if self.ratio == AUTO_RATIO else self.ratio  # "auto" is the rule's expectation at 0.5
+        return {"ratio": 2 * gamma * (attended_share(self) - 0.5) ** 2}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,6 +358,7 @@ class CAMixerOSR(SRNetwork):
     """
 
     arch = "camixerosr"
+    routes_by_predictor = True
     min_size = WINDOW
     size_multiple = WINDOW
     tile_safe = False
@@ -378,6 +381,10 @@ class CAMixerOSR(SRNetwork):
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None):
         b, _, h, w = x.shape
+        if not self.training and b > 1 and self.ratio == AUTO_RATIO:  # K is counted per image
+            per_image = [None if condition is None else condition[i : i + 1] if condition.shape[0] > 1 else condition
+                         for i in range(b)]
+            return torch.cat([self(x[i : i + 1], per_image[i]) for i in range(b)])
         if h % WINDOW or w % WINDOW:
             raise ConfigError(
                 f"CAMixerOSR needs LR sides that are multiples of {WINDOW} (its condition is not padded); "
@@ -471,6 +478,7 @@ class ClassSRCAMixerSR(SRNetwork):
     """
 
     arch = "classsr_camixersr"
+    routes_by_predictor = True
     min_size = WINDOW
     tile_safe = True
 
@@ -515,6 +523,8 @@ class ClassSRCAMixerSR(SRNetwork):
         """One ratio for all branches, one per branch, or None for the layout's defaults."""
         if ratio is None:
             ratios, self.ratio = self.default_ratios, None
+        elif ratio == AUTO_RATIO:
+            ratios, self.ratio = (AUTO_RATIO,) * 3, AUTO_RATIO
         elif isinstance(ratio, (int, float)):
             if not 0.0 <= ratio <= 1.0:
                 raise ConfigError(f"ratio must lie in [0, 1], got {ratio}")

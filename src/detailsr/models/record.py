@@ -113,3 +113,12 @@ def attended_share(net: nn.Module) -> torch.Tensor:
     if not fractions:
         raise RuntimeError("no routed mixer ran a training forward: call the network in train mode first")
     return torch.cat(fractions, dim=1).mean()
+
+
+def attended_window_share(net: nn.Module) -> float | None:
+    """The share of windows that attended in the last inference forward, over every routed window
+    mixer (CAMixer); None when none ran."""
+    records = [r for r in mixer_records(net, routed_only=True) if r.keep is not None]
+    if not records:
+        return None
+    return sum(r.keep.numel() for r in records) / sum(r.keep.shape[0] * r.n_windows for r in records)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import read_state_dict
+from ..choices import AUTO_RATIO
 from ..errors import CheckpointError, ConfigError
 from . import atd, camixer_atd, camixersr, esc, purepass, zoo
 from .base import SRNetwork
@@ -51,8 +52,9 @@ def load_model(source: str | Path | Mapping | None = None, **overrides: Any) -> 
 
     `overrides`: `arch=` to insist on an architecture, or to build a derived one on its base's
     weights (`arch="pp-atd-light"` or `"camixer-atd-light"` on an ATD-light checkpoint; see `DERIVED`);
-    hyper-parameters that shapes cannot tell; runtime options `ratio`, `stochastic` (the official
-    random K of CAMixer), `attn_type`, and for CAMixerSR `routing` ("learned" or "purepass") with its `pure_threshold`.
+    hyper-parameters that shapes cannot tell; runtime options `ratio` (CAMixer models: "auto" unless
+    given), `stochastic` (the official random K of CAMixer), `attn_type`, and for CAMixerSR `routing`
+    ("learned" or "purepass") with its `pure_threshold`.
     """
     name, state_dict, entry_arch = _resolve(source)
     runtime = {k: overrides.pop(k) for k in RUNTIME_OPTIONS if k in overrides}
@@ -215,7 +217,11 @@ def _apply_runtime(net: SRNetwork, runtime: dict) -> None:
     if "ratio" in runtime and runtime["ratio"] is not None:
         if not net.content_aware:
             raise ConfigError(f"{net.arch} has no ratio (it is not content-aware)")
-        net.set_ratio(float(runtime["ratio"]))
+        net.set_ratio(runtime["ratio"])
+    elif net.routes_by_predictor and not isinstance(net, camixersr.ClassSRCAMixerSR):  # its branch ratios stay
+        # measured on Set5 / Set14 / B100 (docs/results.md): "auto" scores as ratio 1 with half the
+        # windows attended, and above a fixed 0.5
+        net.set_ratio(AUTO_RATIO)
 
 
 def _describe(config: dict) -> str:
