@@ -4,6 +4,18 @@ A dataset folder holds `HR/` and optionally `LR_bicubic/X{s}/{name}x{s}.png`. HR
 mod-cropped to the scale; LR files are used where shipped, else made from the mod-cropped HR with
 MATLAB-compatible bicubic. The SR image goes through the same inference path as `upscale`, is
 rounded to 8 bit, and compared on the protocol's channels.
+
+The 360° protocol `ws` (spec arch-camixer.md §12) takes ERP panoramas: `HR/`, or a folder that is
+the panoramas themselves (like ../shared/datasets/ODI). Its LR is the folder's
+`LR_fisheye/X{s}/{name}.png` (the ODI-SR layout) or `LR_bicubic` file where there is one, else the
+ODI fisheye degradation of the HR panorama (`data.erp.erp_lr_image`, §12.1: made from the uncropped
+HR, truncated to 8 bit as the dataset scripts store it), and the HR is cropped top-left to s x the
+LR size, as the ODI test set does. Panoramas are taken at their own size: the ODI scripts resize to
+2048x1024 only to make LR files, a no-op for the ODI-SR test images. The LR goes through the
+network whole, with the cos-latitude condition of the whole panorama for CAMixerOSR
+(`SRNetwork.condition_for`); CAMixerOSR needs LR sides that are multiples of 16 (2048x1024 at x2/x4
+and every ../shared ODI panorama at x2/x4 give such sizes), other sizes are padded bottom/right by
+replication, image and condition alike, and the output cropped back (`inference.forward_any_size`).
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ from .imageio import from_tensor, read_image, to_tensor, write_image
 from .inference import ratio_setting, run
 from .metrics import evaluate
 from .models.base import SRNetwork
-from .models.record import mixer_records
+from .models.record import attended_window_share, mixer_records
 from .precision import cast_network, precision_guard
 from .resize import bicubic_downscale, mod_crop
 
@@ -45,27 +57,55 @@ class DatasetResult:
         return float(np.mean([getattr(r, key) for r in self.images.values()]))
 
 
-def hr_files(folder: Path) -> list[Path]:
+def hr_files(folder: Path, protocol: str = "y") -> list[Path]:
+    """The HR images of a dataset folder, sorted: those in `HR/`; for the `ws` protocol a folder
+    without `HR/` is itself the folder of HR panoramas (its image files, not its sub-folders)."""
     hr = folder / "HR"
     if not hr.is_dir():
-        raise ImageError(f"dataset folder {folder} has no HR/ folder")
-    files = sorted(p for p in hr.iterdir() if p.suffix.lower() in READ_EXTENSIONS)
+        if protocol != "ws":
+            raise ImageError(f"dataset folder {folder} has no HR/ folder")
+        if not folder.is_dir():
+            raise ImageError(f"dataset folder {folder} does not exist")
+        hr = folder
+    files = sorted(p for p in hr.iterdir()
+                   if p.is_file() and p.suffix.lower() in READ_EXTENSIONS and not p.name.startswith("."))
     if not files:
         raise ImageError(f"{hr} holds no images")
     return files
 
 
-def load_pair(hr_path: Path, folder: Path, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(LR, mod-cropped HR) as 8-bit RGB arrays."""
-    hr = mod_crop(_rgb8(hr_path), scale)
-    lr_path = folder / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}{hr_path.suffix}"
-    if lr_path.is_file():
+def load_pair(hr_path: Path, folder: Path, scale: int, protocol: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """(LR, mod-cropped HR) as 8-bit RGB arrays; `ws`: the LR of an ERP panorama (see the module doc)."""
+    full = _rgb8(hr_path)
+    hr = mod_crop(full, scale)
+    lr_path = _lr_file(hr_path, folder, scale, protocol)
+    if lr_path is not None:
         lr = _rgb8(lr_path)
         if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
             raise ImageError(f"{lr_path} is {lr.shape[1]}x{lr.shape[0]}, not HR/{scale} of {hr_path}")
+    elif protocol == "ws":
+        lr = _erp_lr(full, scale, hr_path)
     else:
         lr = bicubic_downscale(hr, scale)
     return lr, hr
+
+
+def _lr_file(hr_path: Path, folder: Path, scale: int, protocol: str) -> Path | None:
+    """The folder's LR file of `hr_path`, None when there is none: `LR_bicubic/X{s}/{name}x{s}.ext`,
+    and for `ws` first `LR_fisheye/X{s}/{name}.png` (the ODI-SR datasets' name)."""
+    candidates = [folder / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}{hr_path.suffix}"]
+    if protocol == "ws":
+        candidates.insert(0, folder / "LR_fisheye" / f"X{scale}" / f"{hr_path.stem}.png")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _erp_lr(full: np.ndarray, scale: int, path: Path) -> np.ndarray:
+    """The ODI fisheye LR of an uncropped ERP panorama (its fisheye size follows the uncropped height)."""
+    from .data.erp import erp_lr_image  # torch.utils.data and the ODI model's helpers: only when needed
+
+    if full.shape[0] < scale or full.shape[1] < scale:
+        raise ImageError(f"{path} is {full.shape[1]}x{full.shape[0]}, too small to downscale by {scale}")
+    return erp_lr_image(full, scale)
 
 
 def _rgb8(path: Path) -> np.ndarray:
@@ -91,6 +131,9 @@ def evaluate_folder(
 ) -> DatasetResult:
     """Scores of every HR image of `folder` (or of `files`, HR images of it, in their order).
 
+    protocol "ws": ERP panoramas, LR made with the ODI degradation where the folder has none, and
+    a folder without `HR/` taken as the panoramas themselves (see the module doc).
+
     precision: "fp32", "fp16" or "bf16" (see `inference.run`); None: the network's own dtype.
     """
     if protocol not in PROTOCOLS:
@@ -101,8 +144,8 @@ def evaluate_folder(
     results = {}
     costs: dict[tuple, float] = {}
     with ratio_setting(net, ratio):
-        for hr_path in hr_files(folder) if files is None else files:
-            lr, hr = load_pair(hr_path, folder, scale)
+        for hr_path in hr_files(folder, protocol) if files is None else files:
+            lr, hr = load_pair(hr_path, folder, scale, protocol)
             x = to_tensor(lr)
             start = time.perf_counter()
             y = run(net, x, tile=tile, tile_overlap=tile_overlap, blend=blend)
@@ -111,6 +154,8 @@ def evaluate_folder(
             scores = evaluate(sr, hr, scale, protocol)
             gflops = _executed_gflops(net, x, tile, costs)
             extra = {k: v for k, v in scores.items() if k not in ("psnr", "ssim")}
+            if tile is None and (share := attended_window_share(net)) is not None:
+                extra["attended"] = share  # of the windows, over CAMixer's mixers
             results[hr_path.name] = ImageResult(scores["psnr"], scores["ssim"], gflops, seconds, extra)
             if save_dir is not None:
                 (save_dir / folder.name).mkdir(parents=True, exist_ok=True)

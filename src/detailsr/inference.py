@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,7 @@ def upscale(
     outscale: float | None = None,
     precision: str | None = None,
     max_memory: int | None = None,
+    panorama: bool = False,
 ) -> Any:
     """Super-resolve `img` with `net`; the result is of the same kind as the input.
 
@@ -50,11 +52,14 @@ def upscale(
     max_memory: bytes for the network's working set on images (arrays, PIL): without `tile`, a
     tile is chosen to fit (`tiling.plan_tile`; a network that needs the whole image refuses an image
     that does not fit). Tiled images are streamed into the integer output, never held in float.
+    panorama: the image is a 360° panorama (e.g. ERP) whose left and right edges meet: it is padded
+    with wrap-around context on both sides before the network (and tiling) and cropped after, so
+    the output has no seam at the ±180° meridian (see `panorama_padding`). Alpha is wrapped too.
     """
     if outscale is not None and not 0 < outscale < float("inf"):
         raise ConfigError(f"outscale must be a positive number, got {outscale}")
     run_args = dict(ratio=ratio, tile=tile, tile_overlap=tile_overlap, blend=blend, progress=progress,
-                    precision=precision)
+                    precision=precision, panorama=panorama)
     if isinstance(img, torch.Tensor):
         if max_memory is not None:
             raise ConfigError("max_memory applies to images (arrays, PIL); for tensors choose tile=")
@@ -93,7 +98,7 @@ def _upscale_array(a, net, outscale, run_args):
     if gray:
         y = y[:, :, :1]
     if alpha is not None:
-        y = np.concatenate([y, upscale_alpha(alpha[:, :, 0], net.scale)[:, :, None]], axis=2)
+        y = np.concatenate([y, upscale_alpha(alpha[:, :, 0], net.scale, run_args["panorama"])[:, :, None]], axis=2)
     if outscale is not None:
         y = resize_output(y, *output_size(a.shape[:2], outscale))
     return y[:, :, 0] if a.shape[2] == 1 and y.shape[2] == 1 else y
@@ -105,22 +110,26 @@ def _upscale_colour(colour: np.ndarray, net: SRNetwork, max_memory: int | None, 
     from .tiling import plan_tile, streamed_tiles
 
     h, w = colour.shape[:2]
+    left, right = panorama_padding(net, w) if run_args["panorama"] else (0, 0)
     tile = run_args["tile"]
     if tile is None and max_memory is not None:
-        tile = plan_tile(net, h, w, max_memory, run_args["tile_overlap"])
+        tile = plan_tile(net, h, w + left + right, max_memory, run_args["tile_overlap"])
         if tile is not None:
             log.debug("tiles of %d px for a %dx%d image within %d MiB", tile, w, h, max_memory >> 20)
-    if tile is None or (tile >= h and tile >= w):
+    if tile is None or (tile >= h and tile >= w + left + right):
         return from_tensor(run(net, to_tensor(colour), **{**run_args, "tile": None}), colour.dtype)
     check_tiling(tile, run_args["tile_overlap"], run_args["blend"])
     if not net.tile_safe:
         log.warning("%s looks at the whole image (global statistics); tiles of %d px change its "
                     "output everywhere, not only near tile borders; prefer larger tiles", net.arch, tile)
     net = cast_network(net, run_args["precision"])
-    x = to_tensor(colour).to(next(net.parameters()).dtype)
+    # The tiles cover the wrapped image, so the tiles at the meridian see the other side.
+    x = wrap_pad(to_tensor(colour), left, right).to(next(net.parameters()).dtype)
     with ratio_setting(net, run_args["ratio"]), precision_guard(net):
-        return streamed_tiles(net, x, tile, run_args["tile_overlap"], run_args["blend"], colour.dtype,
-                              run_args["progress"], net.condition_for(x))
+        y = streamed_tiles(net, x, tile, run_args["tile_overlap"], run_args["blend"], colour.dtype,
+                           run_args["progress"], net.condition_for(x))
+    s = net.scale
+    return np.ascontiguousarray(y[:, left * s : (left + w) * s]) if left or right else y
 
 
 def _upscale_pil(img, net, outscale, run_args):
@@ -151,12 +160,53 @@ def resize_output(a: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized.reshape(height, width, a.shape[2])
 
 
-def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
-    """Bicubic upscaling of an alpha channel (H x W, uint8/uint16), clipped to the dtype's range."""
+def upscale_alpha(alpha: np.ndarray, scale: int, panorama: bool = False) -> np.ndarray:
+    """Bicubic upscaling of an alpha channel (H x W, uint8/uint16), clipped to the dtype's range.
+
+    panorama: the left and right edges meet; 2 columns of wrap-around (the bicubic support) are
+    added on each side before upscaling and cropped after.
+    """
     peak = np.iinfo(alpha.dtype).max
     t = torch.from_numpy(alpha.astype(np.float32))[None, None]
-    y = F.interpolate(t, scale_factor=scale, mode="bicubic", align_corners=False)[0, 0]
+    pad = 2 if panorama else 0
+    y = F.interpolate(wrap_pad(t, pad, pad), scale_factor=scale, mode="bicubic", align_corners=False)[0, 0]
+    y = y[:, pad * scale : y.shape[1] - pad * scale]
     return np.clip(np.floor(y.numpy() + 0.5), 0, peak).astype(alpha.dtype)
+
+
+# LR columns of wrap-around context on each side of a panorama: two 16-pixel attention windows.
+# Measured with CAMixerSR-S x4 on park_360sr at 128x64 and 256x128: with 8, 16, 32 or 64 columns the
+# output of the panorama rolled by half its width equals the rolled output up to a mean of 0.02-0.08
+# 8-bit levels; what remains comes from image-global steps (the predictor's statistics, which windows
+# rank among the top K), not from the width of the context.
+PANORAMA_CONTEXT = 32
+
+
+def panorama_padding(net: SRNetwork, width: int) -> tuple[int, int]:
+    """(left, right) LR columns of wrap-around context that `upscale(..., panorama=True)` adds.
+
+    `PANORAMA_CONTEXT` on each side, the right side rounded up so that the padded width is a
+    multiple of the network's window (16) and of the sizes it or its test pipeline need: no
+    reflect or replicate padding then falls next to the image, and the window grid of a panorama
+    rolled by a multiple of 16 columns is the same.
+    """
+    if width < 1:
+        raise ConfigError(f"a panorama needs at least one column, got width {width}")
+    multiple = math.lcm(16, net.size_multiple, net.pipeline_multiple)
+    left = PANORAMA_CONTEXT
+    return left, PANORAMA_CONTEXT + (-(width + 2 * PANORAMA_CONTEXT)) % multiple
+
+
+def wrap_pad(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """(..., H, W) -> (..., H, left + W + right): columns continued around a 360° image (circular).
+
+    Indexing modulo W, so the context may be wider than the image itself (it then repeats).
+    """
+    if left == 0 and right == 0:
+        return x
+    w = x.shape[-1]
+    columns = torch.arange(-left, w + right, device=x.device) % w
+    return x.index_select(-1, columns)
 
 
 @torch.inference_mode()
@@ -169,18 +219,24 @@ def run(
     blend: str = "feather",
     progress: bool = False,
     precision: str | None = None,
+    panorama: bool = False,
 ) -> torch.Tensor:
     """N x 3 x H x W float in [0, 1] -> N x 3 x sH x sW, clamped to [0, 1].
 
     precision: "fp32", "fp16" or "bf16": the network (a cast copy where its weights have another
     dtype; see `cast_network`) and the input run in it, and a reduced-precision output comes back
     as float32 before clamping. None: the network's own dtype.
+    panorama: pad with wrap-around columns (`panorama_padding`) before the network and tiles, crop
+    after. A network's condition (CAMixerOSR's latitude) is computed for the whole image, padded or
+    not; the cos-latitude of a row does not depend on the width.
     """
     check_tiling(tile, tile_overlap, blend)
     device = next(net.parameters()).device
     net = cast_network(net, precision)
+    left, right = panorama_padding(net, x.shape[-1]) if panorama else (0, 0)
+    width = x.shape[-1]
     with ratio_setting(net, ratio), precision_guard(net):
-        x = x.to(next(net.parameters()).dtype)
+        x = wrap_pad(x, left, right).to(next(net.parameters()).dtype)
         h, w = x.shape[-2:]
         condition = net.condition_for(x)
         if tile is None or (tile >= h and tile >= w):
@@ -190,6 +246,8 @@ def run(
                 log.warning("%s looks at the whole image (global statistics); tiles of %d px change its "
                             "output everywhere, not only near tile borders; prefer larger tiles", net.arch, tile)
             y = _tiled(net, x, condition, tile, tile_overlap, blend, progress, device)
+    if left or right:
+        y = y[..., left * net.scale : (left + width) * net.scale].contiguous()
     if y.dtype in REDUCED:
         y = y.float()
     return y.clamp_(0, 1).cpu()

@@ -16,7 +16,7 @@ from .options import (
     load_from_args,
     non_negative_int,
     positive_int,
-    ratio_value,
+    routing_ratio,
     show_progress,
 )
 
@@ -29,14 +29,17 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
         "eval", parents=[common], help="evaluate on benchmark datasets",
         description="PSNR/SSIM of a model on dataset folders (each with HR/ and optionally LR_bicubic/X<s>/). "
         "Protocols: y = Y channel (BT.601), border crop = scale (lightweight SR); rgb = RGB, no crop "
-        "(large-image SR); ws = WS-PSNR/WS-SSIM for 360° ERP images (RGB, no crop).",
+        "(large-image SR); ws = WS-PSNR/WS-SSIM for 360° ERP images (RGB, no crop): a folder without HR/ "
+        "holds the HR panoramas themselves, and missing LR (LR_fisheye/X<s>/<name>.png) is made with the "
+        "ODI fisheye degradation.",
     )
     add_model_options(p)
     add_precision_option(p)
     add_compile_option(p)
     p.add_argument("-d", "--datasets", nargs="+", required=True, metavar="DIR")
     p.add_argument("-s", "--scale", type=positive_int, required=True)
-    p.add_argument("--ratio", type=ratio_value, help="share of windows given attention (content-aware models)")
+    p.add_argument("--ratio", type=routing_ratio, help="share of windows given attention (content-aware models), "
+                   "or auto: CAMixer's predictor decides per image and layer")
     p.add_argument("--protocol", choices=PROTOCOLS, default="y")
     p.add_argument("--tile", type=positive_int, help="LR tile side (the large-image protocol uses 64)")
     p.add_argument("--tile-overlap", type=non_negative_int, default=16, metavar="N")
@@ -58,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
     check_tiles(args)
     folders = [Path(d) for d in args.datasets]
     for folder in folders:
-        hr_files(folder)  # fail on a bad folder before loading the model
+        hr_files(folder, args.protocol)  # fail on a bad folder before loading the model
     net = load_from_args(args)
     with process_group(args.device) as ranks:
-        items = [(k, path) for k, folder in enumerate(folders) for path in hr_files(folder)]
+        items = [(k, path) for k, folder in enumerate(folders) for path in hr_files(folder, args.protocol)]
         mine = shard(items, ranks)
         local = []
         for k, folder in enumerate(folders):

@@ -13,10 +13,10 @@ import sys
 from .. import __version__
 from ..allocator import keep_freed_memory
 from ..errors import DetailSRError, UsageError
-from . import bench, flops, mask, models, train, upscale
+from . import bench, export, flops, mask, models, train, upscale
 from . import eval as eval_command
 
-COMMANDS = (upscale, eval_command, flops, bench, mask, models, train)
+COMMANDS = (upscale, eval_command, flops, bench, mask, models, train, export)
 USAGE_EXIT = 2
 
 

@@ -23,7 +23,7 @@ from .options import (
     non_negative_int,
     positive_float,
     positive_int,
-    ratio_value,
+    routing_ratio,
     show_progress,
 )
 
@@ -55,7 +55,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    "model; area averaging to shrink, Lanczos to enlarge)")
     p.add_argument("-r", "--recursive", action="store_true",
                    help="folders: their sub-folders too (mirrored under -o FOLDER)")
-    p.add_argument("--ratio", type=ratio_value, help="share of windows given attention (content-aware models)")
+    p.add_argument("--ratio", type=routing_ratio, help="share of windows given attention (content-aware models), "
+                   "or auto: CAMixer's predictor decides per image and layer")
     p.add_argument("--tile", type=positive_int,
                    help="process in LR tiles of this side (bounded memory); larger than the overlap")
     p.add_argument("--tile-overlap", type=non_negative_int, default=16, metavar="N", help="LR pixels tiles share (16)")
@@ -63,6 +64,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    help="memory for the network's working set, e.g. 512M or 4G (1G): larger images are "
                    "processed in tiles that fit, streamed into the output; models that need the whole "
                    "image refuse images that do not fit (then raise it, or choose --tile)")
+    p.add_argument("--panorama", action="store_true",
+                   help="the inputs are 360° panoramas (equirectangular, or any image whose left and right "
+                   "edges meet): pad with wrap-around context so the output has no seam at the ±180° meridian")
     p.add_argument("--suffix", help="added to output file names (default _x<scale>, or _x<outscale>)")
     p.add_argument("--ext", choices=sorted(e.lstrip(".") for e in WRITE_EXTENSIONS),
                    help="output format (default: the input's; PNG for standard input)")
@@ -182,12 +186,15 @@ def _upscale_group(group: list, net, args: argparse.Namespace) -> int:
     import torch
 
     from ..imageio import from_tensor, to_tensor
-    from ..inference import output_size, resize_output, run, upscale_alpha
+    from ..inference import output_size, panorama_padding, resize_output, run, upscale_alpha
 
-    if args.tile is not None or not _batch_fits(net, group[0][2].pixels.shape, len(group), args.max_memory):
+    rows, width = group[0][2].pixels.shape[:2]
+    width += sum(panorama_padding(net, width)) if args.panorama else 0  # what the network sees
+    if args.tile is not None or not _batch_fits(net, (rows, width), len(group), args.max_memory):
         return sum(_upscale_read(src, dst, image, net, args) for src, dst, image in group)
     try:
-        y = run(net, torch.cat([to_tensor(image.pixels) for _, _, image in group]), ratio=args.ratio)
+        y = run(net, torch.cat([to_tensor(image.pixels) for _, _, image in group]), ratio=args.ratio,
+                panorama=args.panorama)
     except DetailSRError as e:
         return _failed(e, args) * len(group)
     failures = 0
@@ -195,7 +202,7 @@ def _upscale_group(group: list, net, args: argparse.Namespace) -> int:
         try:
             out = from_tensor(sr, image.pixels.dtype)
             if image.alpha is not None:
-                out = np.concatenate([out, upscale_alpha(image.alpha, net.scale)[:, :, None]], axis=2)
+                out = np.concatenate([out, upscale_alpha(image.alpha, net.scale, args.panorama)[:, :, None]], axis=2)
             if args.outscale is not None:
                 out = resize_output(out, *output_size(image.pixels.shape[:2], args.outscale))
             write_output(src, dst, image, out, args)
@@ -249,7 +256,8 @@ def _upscale_image(src: Source, dst: Path | None, image, net, args: argparse.Nam
 
     rgba = image.pixels if image.alpha is None else np.dstack([image.pixels, image.alpha])
     out = upscale(rgba, net, ratio=args.ratio, tile=args.tile, tile_overlap=args.tile_overlap,
-                  outscale=args.outscale, progress=show_progress(args), max_memory=args.max_memory)
+                  outscale=args.outscale, progress=show_progress(args), max_memory=args.max_memory,
+                  panorama=args.panorama)
     write_output(src, dst, image, out, args)
 
 

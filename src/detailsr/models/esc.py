@@ -71,7 +71,8 @@ class LayerNorm(LayerNorm2d):
     parameters, eps 1e-6; only the rounding of the fused kernel differs from the literal form)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        # the parameter's shape, not x's: a constant where ONNX export traces x's shape as a tensor
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
 
 
@@ -230,6 +231,8 @@ class WindowAttention(nn.Module):
         # (naive and eager flex on CPU) and change no output; sdpa runs a flash kernel.
         fused = self.attn_type == "sdpa" or (q.device.type != "cpu" and self.attn_type == "flex")
         chunk = n if fused else max(1, _SCORE_BUDGET // (self.num_heads * tokens * tokens))
+        if torch.onnx.is_in_onnx_export():
+            chunk = n  # ONNX export: one chunk, as a traced loop would fix the number of windows
         if self.attn_type == "flex":
             score_mod = self._score_mod()
             parts = [_flex(q[i : i + chunk], k[i : i + chunk], v[i : i + chunk], score_mod, self.scale)
@@ -290,10 +293,25 @@ class ConvAttn(nn.Module):
         p = self.pdim
         # one dense copy of the sliced channels, in x's layout, feeds both convolutions
         a = x[:, :p].contiguous(memory_format=_layout(x))
-        kernels = self.dynamic_kernels(a).reshape(b * p, 1, 3, 3)
         out = F.conv2d(a, large_kernel, padding=large_kernel.shape[-1] // 2)
+        if torch.onnx.is_in_onnx_export():  # a grouped conv would fix the batch in the graph
+            return torch.cat([out + per_sample_depthwise3x3(a, self.dynamic_kernels(a)), x[:, p:]], dim=1)
+        kernels = self.dynamic_kernels(a).reshape(b * p, 1, 3, 3)
         dyn = F.conv2d(a.reshape(1, b * p, h, w), kernels, padding=1, groups=b * p).view(b, p, h, w)
         return torch.cat([out + dyn, x[:, p:]], dim=1)
+
+
+def per_sample_depthwise3x3(a: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """ONNX export only: the depthwise 3x3 conv (zero padding 1) of `a` (B, C, H, W) with per-sample
+    kernels (B, C, 3, 3), as nine shifted products: any batch, no group count in the graph."""
+    h, w = a.shape[-2:]
+    padded = F.pad(a, (1, 1, 1, 1))
+    out = None
+    for i in range(3):
+        for j in range(3):
+            term = padded[:, :, i : i + h, j : j + w] * kernels[:, :, i, j, None, None]
+            out = term if out is None else out + term
+    return out
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
