@@ -11,12 +11,12 @@ memory per LR pixel (`activation_cost`, measured once per network on two small i
 
 from __future__ import annotations
 
-import ctypes
 import math
 
 import numpy as np
 import torch
 
+from .allocator import release_freed_memory
 from .benchmark import PeakMemory
 from .errors import ConfigError
 from .imageio import from_tensor
@@ -41,7 +41,7 @@ def activation_cost(net: SRNetwork) -> tuple[float, float]:
         forward_any_size(net, torch.rand(1, 3, 32, 32).to(device, dtype))  # first-call set-up, not counted
         for side in _PROBE_SIDES:
             x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-            _release_freed_memory()
+            release_freed_memory()
             with PeakMemory(device) as peak:
                 forward_any_size(net, x)
             peaks.append(peak.peak)
@@ -50,15 +50,6 @@ def activation_cost(net: SRNetwork) -> tuple[float, float]:
     fixed = max(peaks[0] - per_pixel * small, 0.0)
     net._activation_cost = (1.25 * per_pixel, fixed)
     return net._activation_cost
-
-
-def _release_freed_memory() -> None:
-    """Give freed heap memory back to the system (glibc), so that the resident set measures a forward
-    from scratch instead of reusing pages an earlier forward left."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the measurement is a lower bound
-        pass
 
 
 def working_set(net: SRNetwork, tile_h: int, tile_w: int, width: int) -> float:
