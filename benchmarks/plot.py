@@ -1,7 +1,7 @@
 """Draw the trade-offs of benchmarks/results/*.json as PNGs under docs/plots/, shown in docs/results.md.
 
     pip install matplotlib   # once; not a dependency of detailsr itself
-    python benchmarks/plot.py && python benchmarks/report.py
+    python benchmarks/plot.py      # draws, then renders docs/results.md (benchmarks/report.py)
 
 - `psnr_vs_gflops.png`: PSNR-Y against executed GFLOPs per image, one panel per dataset (quality.json):
   every model with weights on this machine, at every measured ratio including "auto".
@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from common import RESULTS, ROOT  # noqa: E402
+from report import main as render_report  # noqa: E402
 
 PLOTS = ROOT / "docs" / "plots"
 
@@ -95,6 +96,7 @@ def main() -> None:
     if quality is not None:
         psnr_vs_gflops(quality)
     latency_vs_ratio()
+    render_report()
 
 
 if __name__ == "__main__":

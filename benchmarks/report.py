@@ -132,7 +132,8 @@ def plots_section() -> list[str]:
              if (ROOT / "docs" / "plots" / f"{name}.png").is_file()]
     if not drawn:
         return []
-    lines = ["## Plots", "", "Drawn by `python benchmarks/plot.py` from the same JSON files.", ""]
+    lines = ["## Plots", "", "Drawn by `python benchmarks/plot.py` (which then renders this page) from the same "
+             "JSON files.", ""]
     for name, title in drawn:
         lines += [f"![{title}](plots/{name}.png)", ""]
     return lines
