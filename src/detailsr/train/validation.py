@@ -31,7 +31,7 @@ def validate(
     try:
         for folder in folders:
             folder = Path(folder)
-            files = hr_files(folder)[:max_images]
+            files = hr_files(folder, protocol)[:max_images]
             sums = torch.zeros(4, dtype=torch.float64)
             with torch.no_grad():
                 for path in files[rank::world]:
@@ -45,7 +45,7 @@ def validate(
 
 
 def _scores(net: SRNetwork, path: Path, folder: Path, scale: int, protocol: str) -> tuple[float, ...]:
-    lr, hr = load_pair(path, folder, scale)
+    lr, hr = load_pair(path, folder, scale, protocol)
     y = run(net, to_tensor(lr))
     scores = evaluate(from_tensor(y, np.uint8), hr, scale, protocol)
     l1 = float((y - to_tensor(hr)).abs().mean())
