@@ -893,3 +893,15 @@ def test_x2_weights_in_a_x3_network_give_the_official_output(esc_reference):
     assert net.scale == 3
     x = reference["esc_x2_into_x3.input"]
     assert (net(x) - reference["esc_x2_into_x3.official"]).abs().max() <= 1e-4
+
+
+def test_a_network_built_under_inference_mode_runs():
+    """Parameters made under inference_mode have no version counter: the kernel and bias caches
+    must not key on one (they compute instead), and the output is that of a normal network."""
+    torch.manual_seed(0)
+    normal = esc.create("esc-light", scale=2).eval()
+    with torch.inference_mode():
+        built_there = esc.create("esc-light", scale=2).eval()
+        built_there.load_state_dict(normal.state_dict())
+        x = torch.rand(1, 3, 40, 40)
+        assert torch.equal(built_there(x), normal(x))

@@ -191,8 +191,8 @@ class WindowAttention(nn.Module):
         Without autograd the gather (16 MiB for a 32x32 window) is kept until the table changes:
         the key holds the parameter's storage, version counter, device and dtype."""
         table = self.relative_position_bias
-        if torch.is_grad_enabled() and table.requires_grad:
-            return self._gather_bias(table)
+        if (torch.is_grad_enabled() and table.requires_grad) or table.is_inference():
+            return self._gather_bias(table)  # an inference tensor has no version counter to key on
         key = (table.device, table.dtype, table.data_ptr(), table._version)
         cached = getattr(self, "_bias_cache", None)
         if cached is None or cached[0] != key:
@@ -470,6 +470,8 @@ class LargeKernelNetwork(ESCNetwork):
         p = self.plk_filter
         if self.training or (torch.is_grad_enabled() and p.requires_grad):
             return d4_symmetrize(p)
+        if p.is_inference():  # a network built under inference_mode: no version counter to key a cache on
+            return _inference_kernel(p)
         key = self._kernel_key()
         if self._kernel_cache is None or self._kernel_cache[0] != key:
             with torch.inference_mode(False), torch.no_grad():
