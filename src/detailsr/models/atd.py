@@ -55,7 +55,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import SRNetwork
-from .layers import Upsampler, attention
+from .layers import DerivedTensor, Upsampler, attention
 from .record import MixerRecord, MixerWork, RecordingMixer
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -250,7 +250,7 @@ class WindowAttention(RecordingMixer):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.proj = nn.Linear(dim, dim)
         self.attn_type = "naive"
-        self._bias_cache: tuple[tuple, torch.Tensor] | None = None
+        self._bias_cache = DerivedTensor()
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(
@@ -290,25 +290,20 @@ class WindowAttention(RecordingMixer):
         and `_apply` drop it. It is never saved.
         """
         table = self.relative_position_bias_table
-        if self.training or _grad_needed(table) or table.is_inference() or rpi.is_inference():
-            return self._gather_bias(table, rpi)  # inference tensors have no version counter to key on
-        key = (table.device, table.dtype, table.data_ptr(), table._version, rpi.data_ptr(), rpi._version,
-               tuple(rpi.shape))
-        if self._bias_cache is None or self._bias_cache[0] != key:
-            with torch.inference_mode(False), torch.no_grad():  # a normal tensor: usable by any later forward
-                self._bias_cache = (key, self._gather_bias(table.detach(), rpi))
-        return self._bias_cache[1]
+        if self.training or _grad_needed(table):
+            return self._gather_bias(table, rpi)
+        return self._bias_cache.get((table, rpi), lambda: self._gather_bias(table.detach(), rpi))
 
     def _gather_bias(self, table: torch.Tensor, rpi: torch.Tensor) -> torch.Tensor:
         n = self.window_size * self.window_size
         return table[rpi.view(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
 
     def train(self, mode: bool = True):
-        self._bias_cache = None
+        self._bias_cache.clear()
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):
-        self._bias_cache = None
+        self._bias_cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
     def window_attention(self, windows: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

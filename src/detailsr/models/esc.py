@@ -38,7 +38,7 @@ from torch import nn
 from ..choices import ALL_ATTENTION_BACKENDS
 from ..errors import CheckpointError, ConfigError
 from .base import SRNetwork
-from .layers import LayerNorm2d, attention, reflect_pad
+from .layers import DerivedTensor, LayerNorm2d, attention, reflect_pad
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class WindowAttention(nn.Module):
         self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
         self.to_out = nn.Conv2d(dim, dim, 1)
         self.attn_type = attn_type
-        self._bias_cache: tuple[tuple, torch.Tensor] | None = None
+        self._bias_cache = DerivedTensor()
 
     @property
     def attn_type(self) -> str:
@@ -188,23 +188,17 @@ class WindowAttention(nn.Module):
     def bias(self) -> torch.Tensor:
         """The (heads, ws², ws²) additive bias gathered from the table.
 
-        Without autograd the gather (16 MiB for a 32x32 window) is kept until the table changes:
-        the key holds the parameter's storage, version counter, device and dtype."""
+        Without autograd the gather (16 MiB for a 32x32 window) is kept until the table changes."""
         table = self.relative_position_bias
-        if (torch.is_grad_enabled() and table.requires_grad) or table.is_inference():
-            return self._gather_bias(table)  # an inference tensor has no version counter to key on
-        key = (table.device, table.dtype, table.data_ptr(), table._version)
-        cached = getattr(self, "_bias_cache", None)
-        if cached is None or cached[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                cached = self._bias_cache = (key, self._gather_bias(table.detach()))
-        return cached[1]
+        if torch.is_grad_enabled() and table.requires_grad:
+            return self._gather_bias(table)
+        return self._bias_cache.get((table,), lambda: self._gather_bias(table.detach()))
 
     def _gather_bias(self, table: torch.Tensor) -> torch.Tensor:
         return table[:, relative_position_index(self.window_size, str(table.device))]
 
     def _apply(self, fn, *args, **kwargs):
-        self._bias_cache = None
+        self._bias_cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -460,30 +454,20 @@ class LargeKernelNetwork(ESCNetwork):
         super().__init__(scale, config)
         self.plk_filter = nn.Parameter(torch.empty(pdim, pdim, kernel_size, kernel_size))
         nn.init.orthogonal_(self.plk_filter)
-        self._kernel_cache: tuple[tuple, torch.Tensor] | None = None
-
-    def _kernel_key(self) -> tuple:
-        p = self.plk_filter
-        return (p.device, p.dtype, p.data_ptr(), p._version, tuple(p.shape))
+        self._kernel_cache = DerivedTensor()
 
     def large_kernel(self) -> torch.Tensor:
         p = self.plk_filter
         if self.training or (torch.is_grad_enabled() and p.requires_grad):
             return d4_symmetrize(p)
-        if p.is_inference():  # a network built under inference_mode: no version counter to key a cache on
-            return _inference_kernel(p)
-        key = self._kernel_key()
-        if self._kernel_cache is None or self._kernel_cache[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                self._kernel_cache = (key, _inference_kernel(p.detach()))
-        return self._kernel_cache[1]
+        return self._kernel_cache.get((p,), lambda: _inference_kernel(p.detach()))
 
     def train(self, mode: bool = True):
-        self._kernel_cache = None
+        self._kernel_cache.clear()
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):
-        self._kernel_cache = None
+        self._kernel_cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
 

@@ -191,3 +191,28 @@ def scatter_windows_(x: torch.Tensor, keep: torch.Tensor, windows: torch.Tensor,
     b, c = x.shape[:2]
     _window_view(x, ws)[_window_index(x, keep, ws)] = windows.reshape(b, keep.shape[1], ws, ws, c)
     return x
+
+
+class DerivedTensor:
+    """A tensor computed from parameters (a gathered bias, a symmetrised kernel), kept while they are
+    unchanged: the key holds each source's storage, version counter, device, dtype and shape, so
+    `load_state_dict`, an optimiser step, `copy_` or `.to()` recompute it. Sources made under
+    `inference_mode` have no version counter: the value is then computed each time. The value is
+    a normal tensor (usable by any later forward) and never part of a state dict."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: torch.Tensor | None = None
+
+    def get(self, sources: tuple[torch.Tensor, ...], compute) -> torch.Tensor:
+        """`compute()` (no autograd) for these `sources`, from the cache when they are unchanged."""
+        if any(t.is_inference() for t in sources):
+            return compute()
+        key = tuple((t.device, t.dtype, t.data_ptr(), t._version, tuple(t.shape)) for t in sources)
+        if key != self.key:
+            with torch.inference_mode(False), torch.no_grad():
+                self.key, self.value = key, compute()
+        return self.value
+
+    def clear(self) -> None:
+        self.key = self.value = None
