@@ -34,7 +34,7 @@ from detailsr.models.esc import (
     d4_symmetrize,
     relative_position_index,
 )
-from detailsr.models.layers import reflect_pad
+from detailsr.models.layers import PointwiseConv, reflect_pad
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -905,3 +905,25 @@ def test_a_network_built_under_inference_mode_runs():
         built_there.load_state_dict(normal.state_dict())
         x = torch.rand(1, 3, 40, 40)
         assert torch.equal(built_there(x), normal(x))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_pointwise_conv_is_the_1x1_conv_in_both_layouts_and_in_training(layout):
+    """ESC's 1x1 layers run channels-last input through oneDNN's GEMM: the conv's values (to
+    rounding), the input's layout kept, and the conv's gradients when training."""
+    torch.manual_seed(0)
+    layer = PointwiseConv(36, 72)
+    x = torch.randn(2, 36, 20, 24).contiguous(memory_format=layout)
+    with torch.inference_mode():
+        y = layer(x)
+    assert y.is_contiguous(memory_format=layout)
+    assert (y - F.conv2d(x, layer.weight, layer.bias)).abs().max() <= 1e-5
+
+    x.requires_grad_()
+    layer(x).square().sum().backward()
+    grads = [t.grad.clone() for t in (x, layer.weight, layer.bias)]
+    for t in (x, layer.weight, layer.bias):
+        t.grad = None
+    F.conv2d(x, layer.weight, layer.bias).square().sum().backward()
+    for got, t in zip(grads, (x, layer.weight, layer.bias), strict=True):
+        assert torch.allclose(got, t.grad, rtol=1e-5, atol=1e-4)

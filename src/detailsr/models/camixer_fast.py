@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .camixer import CAMixer, mask_logits, window_condition
-from .layers import LayerNorm2d, attention, coordinate_dtype
+from .layers import LayerNorm2d, attention, coordinate_dtype, linear
 
 # (height, width, window, dtype, device) -> the window position code as (1, H, W, 2)
 _POSITION_CODES: dict[tuple, torch.Tensor] = {}
@@ -125,7 +125,7 @@ def _warp(x: torch.Tensor, flow: torch.Tensor, keep: torch.Tensor | None, ws: in
 
 
 def _attend(mixer: CAMixer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    q, k = mixer.project_q(q), mixer.project_k(k)
+    q, k = _linear(q, mixer.project_q), _linear(k, mixer.project_k)
     return attention(q, k, v.contiguous(), scale=1.0, backend=mixer.attn_type)
 
 
@@ -138,7 +138,7 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 def _linear(x: torch.Tensor, conv: nn.Conv2d | nn.Linear) -> torch.Tensor:
     """A 1x1 conv (or a Linear) on the last dim."""
     weight = conv.weight if conv.weight.dim() == 2 else conv.weight.flatten(1)
-    return F.linear(x, weight, conv.bias)
+    return linear(x, weight, conv.bias)
 
 
 def _conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:

@@ -38,7 +38,7 @@ from torch import nn
 from ..choices import ALL_ATTENTION_BACKENDS
 from ..errors import CheckpointError, ConfigError
 from .base import SRNetwork
-from .layers import DerivedTensor, LayerNorm2d, attention, reflect_pad
+from .layers import DerivedTensor, LayerNorm2d, PointwiseConv, attention, reflect_pad
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, ratio: float, kernel_size: int = 3) -> None:
         super().__init__()
         hidden = int(dim * ratio)
-        self.proj = nn.Conv2d(dim, hidden, 1)
+        self.proj = PointwiseConv(dim, hidden)
         self.dwc = nn.Conv2d(hidden, hidden, kernel_size, 1, kernel_size // 2, groups=hidden)
-        self.aggr = nn.Conv2d(hidden, dim, 1)
+        self.aggr = PointwiseConv(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = F.gelu(self.proj(x))
@@ -169,8 +169,8 @@ class WindowAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.relative_position_bias = nn.Parameter(torch.randn(num_heads, (2 * window_size - 1) ** 2) * 1e-3)
-        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
-        self.to_out = nn.Conv2d(dim, dim, 1)
+        self.to_qkv = PointwiseConv(dim, dim * 3)
+        self.to_out = PointwiseConv(dim, dim)
         self.attn_type = attn_type
         self._bias_cache = DerivedTensor()
 
@@ -348,7 +348,7 @@ class ConvAttnLayer(nn.Module):
     def __init__(self, dim: int, plk: nn.Module) -> None:
         super().__init__()
         self.plk = plk
-        self.aggr = nn.Conv2d(dim, dim, 1)
+        self.aggr = PointwiseConv(dim, dim)
 
     def forward(self, x: torch.Tensor, *kernels: torch.Tensor) -> torch.Tensor:
         return self.aggr(self.plk(x, *kernels))
