@@ -115,12 +115,13 @@ def conv2d_gelu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 def _onednn_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `x` and `weight` may take oneDNN's fused inference ops: CPU float32 without autograd,
-    and not traced (ONNX export and tracing see the standard ops)."""
+    and neither traced nor compiled (ONNX export, tracing and torch.compile see the standard ops)."""
     return (
         _ONEDNN
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     )
 
