@@ -90,3 +90,16 @@ def test_executed_count_through_upscale_padding():
     net.set_ratio(1.0)
     # 20x20 is padded to 32x32 inside the network: the count is that of the padded size
     assert executed_macs(net, torch.rand(1, 3, 20, 20)) * 2 / 1e6 == pytest.approx(1272.1, abs=0.05 * 1272 / 100)
+
+
+def test_onednn_inference_ops_are_counted(monkeypatch):
+    """ESC's 1x1 convs run as oneDNN GEMMs and its ConvFFN convs with a fused GELU: the executed
+    count is the one of the standard ops."""
+    from detailsr.models import layers
+    from detailsr.models.registry import build_untrained
+
+    net = build_untrained("esc-light-x4").eval()
+    x = to_tensor(read_image(photo("chelsea")).pixels[40:104, 60:124])
+    fused = executed_macs(net, x)
+    monkeypatch.setattr(layers, "_ONEDNN", False)
+    assert fused == executed_macs(net, x)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
 from .choices import AUTO_RATIO
 from .inference import forward_any_size, ratio_setting
@@ -35,11 +35,29 @@ def _cpu_flash_flops(query_shape, key_shape, value_shape, *args, out_shape=None,
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    # mkldnn::_linear_pointwise: the GEMM of x (..., in) with W (out, in)
+    return 2 * x_shape.numel() * w_shape[0]
+
+
+def _onednn_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    # mkldnn::_convolution_pointwise: the convolution; its fused element-wise op is not counted
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
 def _custom_counts() -> dict:
+    """Formulas for the ops FlopCounterMode does not know: the CPU flash attention kernel and the
+    oneDNN inference ops of `detailsr.models.layers`."""
     mapping = {}
     op = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if op is not None:
         mapping[op] = _cpu_flash_flops
+    mkldnn = torch.ops.mkldnn
+    if hasattr(mkldnn, "_linear_pointwise"):
+        # keyed by op, as FlopCounterMode looks them up: the formulas read the default overloads'
+        # arguments, the ones `layers` calls
+        mapping[mkldnn._linear_pointwise] = _onednn_linear_flops
+        mapping[mkldnn._convolution_pointwise] = _onednn_conv_flops
     return mapping
 
 

@@ -167,14 +167,7 @@ def _conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 
 def _layer_norm(x: torch.Tensor, norm: LayerNorm2d) -> torch.Tensor:
-    c = x.shape[-1]
-    if c >= 16:
-        return F.layer_norm(x, (c,), norm.weight, norm.bias, norm.eps)
-    # The predictor's 10 channels: F.layer_norm's vector loop does nothing for rows shorter than a
-    # vector; the mean and the variance as GEMMs with a 1/c column take half its time.
-    average = x.new_full((1, c), 1.0 / c)
-    d = x - linear(x, average)
-    return torch.addcmul(norm.bias, d * torch.rsqrt(linear(d * d, average) + norm.eps), norm.weight)
+    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
 
 
 def _windows(x: torch.Tensor, ws: int) -> torch.Tensor:

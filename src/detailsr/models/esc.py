@@ -38,7 +38,7 @@ from torch import nn
 from ..choices import ALL_ATTENTION_BACKENDS
 from ..errors import CheckpointError, ConfigError
 from .base import SRNetwork
-from .layers import DerivedTensor, LayerNorm2d, PointwiseConv, attention, reflect_pad
+from .layers import DerivedTensor, LayerNorm2d, PointwiseConv, attention, conv2d_gelu, reflect_pad
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class ConvFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = F.gelu(self.proj(x))
-        g = g + F.gelu(self.dwc(g))
+        g = g + conv2d_gelu(g, self.dwc)
         return self.aggr(g)
 
 
