@@ -18,6 +18,8 @@ reference and the official stochastic draw keep working as before, since routing
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,18 +87,21 @@ def _mixer(mixer: CAMixer, x: torch.Tensor, condition: torch.Tensor) -> torch.Te
             rows, columns = _window_tokens(keep, h, w, ws)
             pixels = _pixel_index(rows, columns, h, w)
             x_sel = _gather(x, pixels)
-            keys = x_sel + _warp(x, _offsets(route, _gather(z, pixels)), rows, columns)
-            attended = _attend(mixer, x_sel, keys, _gather(v, pixels))
+            # The attended windows' layers by F.linear: oneDNN builds and keeps a kernel for each
+            # row count, and this count changes from block to block and image to image (ratio
+            # auto): over an 8K frame's tiles those kernels took 0.3 GB.
+            keys = x_sel + _warp(x, _offsets(route, _gather(z, pixels), F.linear), rows, columns)
+            attended = _attend(mixer, x_sel, keys, _gather(v, pixels), F.linear)
             a.view(-1, c).index_copy_(0, pixels.flatten(), attended.view(-1, c))
     conv = mixer.conv_sptial
     spatial = conv2d_gelu(_conv(a, conv[0]).permute(0, 3, 1, 2), conv[1]).permute(0, 2, 3, 1)
     return _linear(torch.addcmul(a, spatial, ca), mixer.project_out)
 
 
-def _offsets(route: nn.Module, z: torch.Tensor) -> torch.Tensor:
+def _offsets(route: nn.Module, z: torch.Tensor, gemm: Callable = linear) -> torch.Tensor:
     """The predictor's flow (pixels, x then y) for windows of z (B, K, T, c4): (B, K, T, 2)."""
-    hidden = F.leaky_relu(_linear(z, route.out_offsets[0]), 0.1)
-    return torch.tanh(_linear(hidden, route.out_offsets[2])) * 8
+    hidden = F.leaky_relu(_linear(z, route.out_offsets[0], gemm), 0.1)
+    return torch.tanh(_linear(hidden, route.out_offsets[2], gemm)) * 8
 
 
 def _window_tokens(keep: torch.Tensor, h: int, w: int, ws: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,8 +149,8 @@ def _warp(x: torch.Tensor, flow: torch.Tensor, rows: torch.Tensor, columns: torc
     return torch.lerp(top, bottom, fy).to(x.dtype)
 
 
-def _attend(mixer: CAMixer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    q, k = _linear(q, mixer.project_q), _linear(k, mixer.project_k)
+def _attend(mixer: CAMixer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gemm: Callable = linear) -> torch.Tensor:
+    q, k = _linear(q, mixer.project_q, gemm), _linear(k, mixer.project_k, gemm)
     return attention(q, k, v.contiguous(), scale=1.0, backend=mixer.attn_type)
 
 
@@ -155,10 +160,10 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
 
-def _linear(x: torch.Tensor, conv: nn.Conv2d | nn.Linear) -> torch.Tensor:
-    """A 1x1 conv (or a Linear) on the last dim."""
+def _linear(x: torch.Tensor, conv: nn.Conv2d | nn.Linear, gemm: Callable = linear) -> torch.Tensor:
+    """A 1x1 conv (or a Linear) on the last dim, by `gemm` (`layers.linear` or `F.linear`)."""
     weight = conv.weight if conv.weight.dim() == 2 else conv.weight.flatten(1)
-    return linear(x, weight, conv.bias)
+    return gemm(x, weight, conv.bias)
 
 
 def _conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
