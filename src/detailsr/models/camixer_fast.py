@@ -4,9 +4,9 @@ The same network, weights and routing as the modules' own forward (which stays t
 compare this path with), rearranged for CPU speed (measured in ../shared/perf: NCHW 1x1 convs take
 PyTorch's slow im2col path and depth-wise convs run 4x slower than on channels-last data):
 
-* features stay N x H x W x C between layers: 1x1 convs are `F.linear` (one GEMM), layer norms are
-  `F.layer_norm` on the last dim, and depth-wise / 3x3 convs run on the channels-last view of the
-  same storage (no copies);
+* features stay N x H x W x C between layers: 1x1 convs are one GEMM each (`layers.linear`, oneDNN
+  on CPU), layer norms are `F.layer_norm` on the last dim, and depth-wise / 3x3 convs run on the
+  channels-last view of the same storage (no copies), the dilated one with its GELU fused;
 * the predictor's offsets, the deformable warp and the q/k projections are computed only for the
   attended windows (the official code computes offsets and the warp for the whole map);
 * the window position code is built once per size.
