@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
-from detailsr.allocator import keep_freed_memory
+from detailsr.allocator import bound_kernel_caches, keep_freed_memory
 from detailsr.models import zoo
 
 # As the command line does: every model and the official code alike run with freed memory kept.
 keep_freed_memory()
+bound_kernel_caches()
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from detailsr.allocator import keep_freed_memory
+from detailsr.allocator import bound_kernel_caches, keep_freed_memory
 
 # Tests run the library in the process the command line sets up: memory measurements made here
 # (the tiler's probe) then agree with what `detailsr upscale` measures in its own process.
 keep_freed_memory()
+bound_kernel_caches()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DETAILSR_SHARED", REPO.parent / "shared"))

@@ -11,7 +11,7 @@ import logging
 import sys
 
 from .. import __version__
-from ..allocator import keep_freed_memory
+from ..allocator import bound_kernel_caches, keep_freed_memory
 from ..errors import DetailSRError, UsageError
 from . import bench, export, flops, mask, models, train, upscale
 from . import eval as eval_command
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     # `--max-pixels` is the one decompression-bomb limit of the command; Pillow's own is lower.
     Image.MAX_IMAGE_PIXELS = None
     keep_freed_memory()
+    bound_kernel_caches()
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="detailsr: %(levelname)s: %(message)s"
     )
