@@ -65,9 +65,10 @@ def bound_kernel_caches() -> None:
     """Keep 64 of oneDNN's per-shape kernels instead of 1024, unless the environment sets its own.
 
     Every image size and every border tile adds a set of kernels: 30 images of different sizes
-    made CAMixerSR-S's process grow by 0.3 GB more than 64 entries do, and an 8K frame's tiles went
-    from 1.72 to 1.60 GiB, with no loss of speed (64 entries hold the shapes of a few sizes). Takes
-    effect when called before the first convolution of the process."""
+    made CAMixerSR-S's process grow by 0.3 GB more than with 64 entries, and an 8K frame's tiles
+    peaked at 1.75 against 1.60 GiB (one pair of runs; single runs vary by 0.1-0.2 GiB), at the same
+    speed (64 entries hold the shapes of a few sizes). Takes effect when called before the first
+    convolution of the process."""
     for name in _KERNEL_CACHES:
         os.environ.setdefault(name, str(_KERNEL_CACHE_ENTRIES))
 
