@@ -17,6 +17,7 @@ shifted windows, a latitude condition instead of the learned global one, q = k =
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,28 @@ def mask_logits(out_mask: nn.Sequential, m: torch.Tensor) -> torch.Tensor:
     for layer in list(out_mask)[:-1]:
         m = layer(m)
     return m
+
+
+def official_gamma(ratio: float | str) -> float:
+    """The gamma of the official rules (K count, ratio loss) for `ratio`: "auto" takes their
+    expectation at 0.5, so it draws and trains as 0.5."""
+    return 0.5 if ratio == AUTO else ratio
+
+
+def hard_mask(logits: torch.Tensor) -> torch.Tensor:
+    """One hard Gumbel draw per window from p = softmax(logits), as the official code draws (the
+    global torch RNG): 1.0 where the window attends, (B, N, 1)."""
+    return F.gumbel_softmax(torch.softmax(logits, dim=-1), hard=True, dim=2)[:, :, 0:1]
+
+
+def official_draw(logits: torch.Tensor, count: Callable[[int, torch.Tensor], int]) -> torch.Tensor:
+    """The official stochastic choice: indices (B, K) of the windows that attend, K = count(N, the
+    mean of one `hard_mask` draw), the windows sorted by p as the official code sorts them. Many p
+    saturate to exactly 1.0 and tie; torch's (unstable) argsort orders ties its own way, so only this
+    call reproduces the official window choice."""
+    p = torch.softmax(logits, dim=-1)
+    hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
+    return torch.argsort(p[:, :, 0], dim=1, descending=True)[:, : count(p.shape[1], hard.mean())]
 
 
 def official_k(n: int, hard_fraction: torch.Tensor, ratio: float) -> int:
@@ -187,7 +210,7 @@ class CAMixer(RecordingMixer):
         grid = (h // ws, w // ws)
 
         if self.training:
-            mask = F.gumbel_softmax(torch.softmax(logits, dim=-1), hard=True, dim=2)[:, :, 0:1]
+            mask = hard_mask(logits)
             self.record = MixerRecord(hard_fraction=mask.mean(1))  # (B, 1), read by the ratio loss
             return self._finish(self._mix_dense(x, k_in, v, sa, mask), ca)
 
@@ -222,14 +245,8 @@ class CAMixer(RecordingMixer):
         """Indices (B, K) of the windows that get attention: `rank_windows`, or the official draw."""
         if not self.stochastic:
             return rank_windows(logits, self.route.ratio)
-        # The official draw and sort of p = softmax(logits). Many p saturate to exactly 1.0 and tie;
-        # torch's (unstable) argsort orders ties its own way, so only this call reproduces the
-        # official window choice. Ratio "auto" draws as at 0.5, the rule it takes the expectation of.
-        p = torch.softmax(logits, dim=-1)
-        hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
-        ratio = 0.5 if self.route.ratio == AUTO else self.route.ratio
-        k = official_k(p.shape[1], hard.mean(), ratio)
-        return torch.argsort(p[:, :, 0], dim=1, descending=True)[:, :k]
+        gamma = official_gamma(self.route.ratio)
+        return official_draw(logits, lambda n, hard_fraction: official_k(n, hard_fraction, gamma))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Single-head attention without 1/sqrt(d) scaling, per window: (B, K, T, C) tensors."""
@@ -379,7 +396,7 @@ class CAMixerODI(CAMixer):
         grid = (h // ws, w // ws)
 
         if self.training:
-            mask = F.gumbel_softmax(torch.softmax(logits, dim=-1), hard=True, dim=2)[:, :, 0:1]
+            mask = hard_mask(logits)
             self.record = MixerRecord(hard_fraction=mask.mean(1))  # (B, 1), read by the ratio loss
             return self._finish(self._roll(self._mix_dense(qk, qk, v, sa, mask), 1), ca)
 
@@ -396,8 +413,4 @@ class CAMixerODI(CAMixer):
         """Indices (B, K) of the attended windows: `rank_windows`, or the official ODI draw."""
         if not self.stochastic:
             return rank_windows(logits, self.route.ratio)
-        # The official draw (one Gumbel sample of B*N*2 values from the global RNG), the ODI
-        # count rule and the official (unstable) argsort of p = softmax(logits).
-        p = torch.softmax(logits, dim=-1)
-        hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
-        return torch.argsort(p[:, :, 0], dim=1, descending=True)[:, : odi_k(p.shape[1], hard.mean())]
+        return official_draw(logits, odi_k)  # the ODI count rule

@@ -57,7 +57,17 @@ from torch import nn
 from . import atd
 from .atd import ATDLight, ATDTransformerLayer, WindowAttention
 from .base import SRNetwork
-from .camixer import AUTO, PredictorLG, mask_logits, official_k, rank_windows, window_condition
+from .camixer import (
+    AUTO,
+    PredictorLG,
+    hard_mask,
+    mask_logits,
+    official_draw,
+    official_gamma,
+    official_k,
+    rank_windows,
+    window_condition,
+)
 from .layers import flow_warp, gather_windows, scatter_windows_, window_partition, window_unpartition
 from .record import MixerRecord, MixerWork, attended_share
 
@@ -131,7 +141,7 @@ class RoutedWindowAttention(WindowAttention):
         attn_mask = mask if shift else None
 
         if self.training:
-            hard = F.gumbel_softmax(torch.softmax(logits, dim=-1), hard=True, dim=2)[:, :, 0:1]
+            hard = hard_mask(logits)
             self.record = MixerRecord(hard_fraction=hard.mean(1))  # (B, 1), read by the ratio loss
             a = self._mix_dense(maps, v, sa, hard, rpi, attn_mask)
         else:
@@ -156,10 +166,8 @@ class RoutedWindowAttention(WindowAttention):
         """Indices (B, K) of the attended windows: `rank_windows`, or CAMixer's official draw."""
         if not self.stochastic:
             return rank_windows(logits, self.ratio)
-        p = torch.softmax(logits, dim=-1)
-        hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
-        k = official_k(p.shape[1], hard.mean(), 0.5 if self.ratio == AUTO else self.ratio)
-        return torch.argsort(p[:, :, 0], dim=1, descending=True)[:, :k]
+        gamma = official_gamma(self.ratio)
+        return official_draw(logits, lambda n, hard_fraction: official_k(n, hard_fraction, gamma))
 
     def _record(self, keep: torch.Tensor, grid: tuple[int, int], batch: int, n_tok: int, shift: int) -> MixerRecord:
         """The windows attended; work: their attention matmuls, and `proj` on every token."""
@@ -244,8 +252,7 @@ class CAMixerATDLight(ATDLight):
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """CAMixer's ratio loss of the last training forward: 2 ratio (mean attended share - 0.5)^2."""
-        gamma = 0.5 if self.ratio == AUTO else self.ratio  # "auto" is the rule's expectation at 0.5
-        return {"ratio": 2 * gamma * (attended_share(self) - 0.5) ** 2}
+        return {"ratio": 2 * official_gamma(self.ratio) * (attended_share(self) - 0.5) ** 2}
 
     def new_parameter_keys(self) -> list[str]:
         """State-dict keys an ATD-light of the same configuration does not have (the routing)."""

@@ -18,7 +18,7 @@ from torch import nn
 from ..choices import AUTO_RATIO, ROUTINGS
 from ..errors import ConfigError
 from .base import SRNetwork
-from .camixer import WINDOW, CAMixer, CAMixerODI
+from .camixer import WINDOW, CAMixer, CAMixerODI, official_gamma
 from .camixer_fast import run_body
 from .layers import LayerNorm2d, Upsampler, pad_to_multiple
 from .purepass import pure_mask
@@ -142,8 +142,7 @@ class CAMixerSR(SRNetwork):
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """The ratio loss of the last training forward: 2 ratio (mean attended share - 0.5)^2,
         the share over blocks, windows and batch."""
-        gamma = 0.5 if self.ratio == AUTO_RATIO else self.ratio  # "auto" is the rule's expectation at 0.5
-        return {"ratio": 2 * gamma * (attended_share(self) - 0.5) ** 2}
+        return {"ratio": 2 * official_gamma(self.ratio) * (attended_share(self) - 0.5) ** 2}
 
 
 # --------------------------------------------------------------------------------------------------
