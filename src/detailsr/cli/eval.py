@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..choices import BLENDS, PROTOCOLS
 from .options import (
+    RATIO_HELP,
     add_compile_option,
     add_model_options,
     add_precision_option,
@@ -38,8 +39,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     add_compile_option(p)
     p.add_argument("-d", "--datasets", nargs="+", required=True, metavar="DIR")
     p.add_argument("-s", "--scale", type=positive_int, required=True)
-    p.add_argument("--ratio", type=routing_ratio, help="share of windows given attention (content-aware models), "
-                   "or auto: CAMixer's predictor decides per image and layer")
+    p.add_argument("--ratio", type=routing_ratio, help=RATIO_HELP)
     p.add_argument("--protocol", choices=PROTOCOLS, default="y")
     p.add_argument("--tile", type=positive_int, help="LR tile side (the large-image protocol uses 64)")
     p.add_argument("--tile-overlap", type=non_negative_int, default=16, metavar="N")

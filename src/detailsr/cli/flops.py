@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from .options import add_model_options, load_from_args, routing_ratio
+from .options import RATIO_HELP, add_model_options, load_from_args, routing_ratio
 
 
 def size_value(text: str) -> tuple[int, int]:
@@ -29,8 +29,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     add_model_options(p)
     p.add_argument("--size", type=size_value, help="LR input WxH (default: the LR of a 1280x720 output)")
     p.add_argument("--image", help="count on this image (its content sets the routing)")
-    p.add_argument("--ratio", type=routing_ratio, help="share of windows given attention (content-aware models), "
-                   "or auto: CAMixer's predictor decides per image and layer")
+    p.add_argument("--ratio", type=routing_ratio, help=RATIO_HELP)
     p.add_argument("--untrained", action="store_true",
                    help="random weights of the zoo model's architecture (no checkpoint needed)")
     p.set_defaults(run=run)

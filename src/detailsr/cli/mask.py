@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_model_options, load_from_args, routing_ratio
+from .options import RATIO_HELP, add_model_options, load_from_args, routing_ratio
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -16,8 +16,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="INPUT")
     p.add_argument("-o", "--output", required=True, help="output image file")
     add_model_options(p)
-    p.add_argument("--ratio", type=routing_ratio, help="share of windows given attention (content-aware models), "
-                   "or auto: CAMixer's predictor decides per image and layer")
+    p.add_argument("--ratio", type=routing_ratio, help=RATIO_HELP)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=run)
 

@@ -47,6 +47,10 @@ def ratio_value(text: str) -> float:
     return value
 
 
+RATIO_HELP = ("share of windows given attention (content-aware models), or auto: CAMixer's predictor decides "
+              "per image and layer")
+
+
 def routing_ratio(text: str) -> float | str:
     """--ratio: a share of windows in [0, 1], or 'auto' (CAMixer's predictor sets it per image and layer)."""
     if text.strip().lower() == AUTO_RATIO:

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..choices import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, WRITE_EXTENSIONS
 from ..errors import ConfigError, DetailSRError, ImageError, UsageError
 from .options import (
+    RATIO_HELP,
     add_compile_option,
     add_model_options,
     add_precision_option,
@@ -55,8 +56,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    "model; area averaging to shrink, Lanczos to enlarge)")
     p.add_argument("-r", "--recursive", action="store_true",
                    help="folders: their sub-folders too (mirrored under -o FOLDER)")
-    p.add_argument("--ratio", type=routing_ratio, help="share of windows given attention (content-aware models), "
-                   "or auto: CAMixer's predictor decides per image and layer")
+    p.add_argument("--ratio", type=routing_ratio, help=RATIO_HELP)
     p.add_argument("--tile", type=positive_int,
                    help="process in LR tiles of this side (bounded memory); larger than the overlap")
     p.add_argument("--tile-overlap", type=non_negative_int, default=16, metavar="N", help="LR pixels tiles share (16)")
