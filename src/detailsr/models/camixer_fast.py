@@ -127,26 +127,31 @@ def _warp(x: torch.Tensor, flow: torch.Tensor, rows: torch.Tensor, columns: torc
     """`flow_warp(x, flow)` evaluated at pixels (rows, columns) (B, K, T) only: bilinear with border
     padding and align_corners=True, sampling the whole map. Result (B, K, T, C).
 
-    Written as four row gathers of channel vectors instead of `grid_sample` (3x faster on
-    channels-last data): with align_corners=True the sample position in pixels is the pixel plus
-    its flow, clamped to the map for border padding. Half-precision inputs are warped in float32
-    (bfloat16 cannot tell pixel 200 from 201)."""
+    With align_corners=True the sample position in pixels is the pixel plus its flow, clamped to
+    the map for border padding; the four corners' channel vectors are summed with their bilinear
+    weights by one `embedding_bag` (a fused gather and weighted sum: 4.4 against 16.5 ms for four
+    gathers and three lerps, and 3x faster still than `grid_sample`, at 256² and 36 channels on
+    one thread). Half-precision inputs are warped in float32 (bfloat16 cannot tell pixel 200 from
+    201)."""
     b, h, w, c = x.shape
     dtype = coordinate_dtype(x)
     px = (columns.to(dtype) + flow[..., 0].to(dtype)).clamp_(0, w - 1)
     py = (rows.to(dtype) + flow[..., 1].to(dtype)).clamp_(0, h - 1)
     x0, y0 = px.floor(), py.floor()
-    fx, fy = (px - x0)[..., None], (py - y0)[..., None]
+    fx, fy = px - x0, py - y0
     x0, y0 = x0.long(), y0.long()
-    x1, y1 = (x0 + 1).clamp_(max=w - 1), (y0 + 1).clamp_(max=h - 1)
-    flat = x.to(dtype)
-
-    def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-        return _gather(flat, _pixel_index(yy, xx, h, w))
-
-    top = torch.lerp(at(y0, x0), at(y0, x1), fx)
-    bottom = torch.lerp(at(y1, x0), at(y1, x1), fx)
-    return torch.lerp(top, bottom, fy).to(x.dtype)
+    top_left = _pixel_index(y0, x0, h, w)
+    right = (x0 < w - 1).long()  # the next column and row, clamped to the map
+    down = (y0 < h - 1).long() * w
+    corners = torch.stack((top_left, top_left + right, top_left + down, top_left + down + right), dim=-1)
+    gx, gy = 1 - fx, 1 - fy
+    weights = torch.stack((gx * gy, fx * gy, gx * fy, fx * fy), dim=-1)
+    table = x.reshape(-1, c).to(dtype)
+    if x.device.type in ("cpu", "cuda"):
+        out = F.embedding_bag(corners.view(-1, 4), table, per_sample_weights=weights.view(-1, 4), mode="sum")
+    else:  # the same sum by gathers, where embedding_bag may lack a kernel (MPS)
+        out = (table.index_select(0, corners.flatten()).view(-1, 4, c) * weights.view(-1, 4, 1)).sum(1)
+    return out.view(*rows.shape, c).to(x.dtype)
 
 
 def _attend(mixer: CAMixer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gemm: Callable = linear) -> torch.Tensor:
