@@ -1,4 +1,5 @@
-"""CAMixerSR inference in channels-last layout, doing per window only what attended windows need.
+"""CAMixerSR and CAMixerOSR inference in channels-last layout, doing per window only what attended
+windows need.
 
 The same network, weights and routing as the modules' own forward (which stays the oracle the tests
 compare this path with), rearranged for CPU speed (measured in ../shared/perf: NCHW 1x1 convs take
@@ -11,9 +12,14 @@ PyTorch's slow im2col path and depth-wise convs run 4x slower than on channels-l
   attended windows (the official code computes offsets and the warp for the whole map);
 * the window position code is built once per size.
 
-Only eval forwards take this path (`CAMixerSR.fast_path`, on by default); training, the dense
+Only eval forwards take this path (`fast_path` of both networks, on by default); training, the dense
 reference and the official stochastic draw keep working as before, since routing is the mixers' own
 `_select` / `_veto_pure` and every record is filled as the plain forward fills it.
+
+The ODI mixer (`CAMixerODI`) works on a map rolled by its window shift: its scores, `sa` and window
+grid are those of the rolled map, its query = key is the warped map rolled, and the assembled map is
+rolled back. Here the attended tokens are gathered at their rolled places, and their query / key
+read from the un-rolled warp at the place each token came from, as the module computes it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .camixer import CAMixer, mask_logits, window_condition
+from .camixer import CAMixer, CAMixerODI, mask_logits, window_condition
 from .layers import LayerNorm2d, attention, conv2d_gelu, coordinate_dtype, linear
 
 # (height, width, window, dtype, device) -> the window position code as (1, H, W, 2)
@@ -96,6 +102,92 @@ def _mixer(mixer: CAMixer, x: torch.Tensor, condition: torch.Tensor) -> torch.Te
     conv = mixer.conv_sptial
     spatial = conv2d_gelu(_conv(a, conv[0]).permute(0, 3, 1, 2), conv[1]).permute(0, 2, 3, 1)
     return _linear(torch.addcmul(a, spatial, ca), mixer.project_out)
+
+
+def run_body_odi(net: nn.Module, f: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """CAMixerOSR's groups, `body_tail` and `dcn` on NCHW features `f`, with the (B, 1, H, W)
+    latitude `condition`: the fast twin of that part of `CAMixerOSR.forward` (NCHW in and out)."""
+    x = _nhwc(f)
+    latitude = _nhwc(condition)
+    for group in net.body:
+        start = x
+        for block in group.body:
+            x = _layer_norm(x + _mixer_odi(block.mixer, x, latitude), block.norm1)
+            x = _layer_norm(x + _feed_forward(block.ffn, x), block.norm2)
+        x = _deform_conv(group.body_tail, x, group.offset_conv(condition)) + start
+    x = _deform_conv(net.dcn, _conv(x, net.body_tail), net.offset_conv(condition))
+    return x.permute(0, 3, 1, 2)
+
+
+def _mixer_odi(mixer: CAMixerODI, x: torch.Tensor, latitude: torch.Tensor) -> torch.Tensor:
+    ws, shift = mixer.window_size, mixer.shift
+    b, h, w, c = x.shape
+    route = mixer.route
+    v = _roll(_linear(x, mixer.project_v), -shift)
+    position = _roll(_position_code(h, w, ws, x), -shift).expand(b, -1, -1, -1)
+    z = F.leaky_relu(_linear(torch.cat((v, latitude, position), dim=-1), route.in_conv[0]), 0.2)
+    ca = torch.sigmoid(_linear(z.mean((1, 2)), route.out_CA[1]))[:, None, None, :]
+    sa = torch.sigmoid(_conv(z, route.out_SA[0]))
+    logits = mask_logits(route.out_mask, _windows(z.mean(-1, keepdim=True), ws).squeeze(-1))
+    keep = mixer._select(logits)
+    mixer.record = mixer._record(keep, (h // ws, w // ws), b, shift)
+
+    a = v * sa
+    if keep.shape[1]:
+        rows, columns = _window_tokens(keep, h, w, ws)  # in the rolled map
+        source_rows, source_columns = (rows + shift) % h, (columns + shift) % w  # in the un-rolled one
+        hidden = F.leaky_relu(_linear(_gather(z, _pixel_index(source_rows, source_columns, h, w)),
+                                      route.out_offsets[0], F.linear), 0.2)
+        flow = _linear(hidden, route.out_offsets[2], F.linear)  # raw offsets, no tanh
+        qk = _warp(x, flow, source_rows, source_columns)
+        pixels = _pixel_index(rows, columns, h, w)
+        attended = _attend(mixer, qk, qk, _gather(v, pixels), F.linear)
+        a.view(-1, c).index_copy_(0, pixels.flatten(), attended.view(-1, c))
+    a = _roll(a, shift)
+    conv = mixer.conv_sptial
+    spatial = _conv(_linear(a, conv[0]), conv[1]).permute(0, 3, 1, 2)
+    spatial = conv2d_gelu(spatial, conv[2]).permute(0, 2, 3, 1)
+    return _linear(torch.addcmul(a, spatial, ca), mixer.project_out)
+
+
+def _deform_conv(dcn: nn.Module, x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    """`DCNv2Pack` (`dcn`) on N x H x W x C data `x`, its offsets and mask from NCHW `feature`: the
+    result N x H x W x C_out.
+
+    The module samples each tap's four corners by `torch.gather` over NCHW channels; here one
+    `embedding_bag` sums every tap's corners of the channels-last map with their bilinear weights
+    (zero outside the image, times the mask), and one GEMM applies the kernel to all taps at once."""
+    b, h, w, c = x.shape
+    weight = dcn.weight
+    kh, kw = weight.shape[2:]
+    taps = kh * kw
+    o = dcn.conv_offset(feature)
+    ho, wo = o.shape[-2:]
+    offset, mask = o[:, : 2 * taps].view(b, taps, 2, ho, wo), torch.sigmoid(o[:, 2 * taps :])
+    (sy, sx), (py, px), (dy, dx) = (_pair(v) for v in (dcn.stride, dcn.padding, dcn.dilation))
+    tap_y = (torch.arange(kh, device=x.device) * dy).repeat_interleave(kw).view(1, taps, 1, 1)
+    tap_x = (torch.arange(kw, device=x.device) * dx).repeat(kh).view(1, taps, 1, 1)
+    base_y = (torch.arange(ho, device=x.device) * sy - py).view(1, 1, ho, 1)
+    base_x = (torch.arange(wo, device=x.device) * sx - px).view(1, 1, 1, wo)
+    y = (base_y + tap_y).to(x.dtype) + offset[:, :, 0]
+    x_pos = (base_x + tap_x).to(x.dtype) + offset[:, :, 1]
+    inside = (y > -1) & (y < h) & (x_pos > -1) & (x_pos < w)
+    y0, x0 = torch.floor(y).clamp_(-1, h), torch.floor(x_pos).clamp_(-1, w)
+    ly, lx = y - y0, x_pos - x0
+    y0, x0 = y0.long(), x0.long()
+    first = (torch.arange(b, device=x.device) * (h * w)).view(b, 1, 1, 1)
+    indices, weights = [], []
+    for cy, wy in ((y0, 1 - ly), (y0 + 1, ly)):
+        for cx, wx in ((x0, 1 - lx), (x0 + 1, lx)):
+            valid = inside & (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+            indices.append(first + cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1))
+            weights.append(wy * wx * valid * mask)
+    # (B, Ho, Wo, taps, 4): each output pixel's taps in kernel order, each tap's four corners
+    indices = torch.stack(indices, -1).permute(0, 2, 3, 1, 4).reshape(-1, 4)
+    weights = torch.stack(weights, -1).permute(0, 2, 3, 1, 4).reshape(-1, 4)
+    sampled = F.embedding_bag(indices, x.reshape(-1, c), per_sample_weights=weights, mode="sum")
+    kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], taps * c)  # (C_out, taps x C)
+    return linear(sampled.view(b, ho, wo, taps * c), kernel, dcn.bias)
 
 
 def _offsets(route: nn.Module, z: torch.Tensor, gemm: Callable = linear) -> torch.Tensor:
@@ -178,6 +270,15 @@ def _conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 def _layer_norm(x: torch.Tensor, norm: LayerNorm2d) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _roll(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """x (B, H, W, C) rolled by `shift` along H and W."""
+    return torch.roll(x, (shift, shift), dims=(1, 2)) if shift else x
 
 
 def _windows(x: torch.Tensor, ws: int) -> torch.Tensor:

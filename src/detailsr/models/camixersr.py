@@ -19,7 +19,7 @@ from ..choices import AUTO_RATIO, ROUTINGS
 from ..errors import ConfigError
 from .base import SRNetwork
 from .camixer import WINDOW, CAMixer, CAMixerODI, official_gamma
-from .camixer_fast import run_body
+from .camixer_fast import run_body, run_body_odi
 from .layers import LayerNorm2d, Upsampler, pad_to_multiple
 from .purepass import pure_mask
 from .record import attended_share
@@ -71,6 +71,13 @@ def window_pure_share(x: torch.Tensor, window: int) -> torch.Tensor:
     """(B, N): the share of Pure-Pass pure pixels of `x` (B, 3, H, W) in each window, row-major."""
     pure = pure_mask(x).float()[:, None]
     return F.avg_pool2d(pure, window).flatten(1)
+
+
+def fast_path_applies(net: CAMixerSR | CAMixerOSR) -> bool:
+    """Whether `net` runs the channels-last inference path (`camixer_fast`): not when training,
+    asked for the plain modules (`fast_path = False`, the oracle), or a mixer computes the dense
+    reference."""
+    return net.fast_path and not net.training and not any(m.dense_reference for m in net.mixers())
 
 
 class CAMixerSR(SRNetwork):
@@ -132,9 +139,7 @@ class CAMixerSR(SRNetwork):
         return self.tail(f)[:, :, : h * self.scale, : w * self.scale]
 
     def _use_fast_path(self) -> bool:
-        """The channels-last inference path (`camixer_fast`), unless training, asked for the plain
-        modules (`fast_path = False`, the oracle), or a mixer computes the dense reference."""
-        return self.fast_path and not self.training and not any(m.dense_reference for m in self.mixers())
+        return fast_path_applies(self)
 
     def mixers(self) -> list[CAMixer]:
         return [m for m in self.modules() if isinstance(m, CAMixer)]
@@ -377,6 +382,7 @@ class CAMixerOSR(SRNetwork):
         self.dcn = DCNv2Pack(n_feats, n_feats, 3, padding=1)
         self.tail = Upsampler(n_feats, scale)
         self.set_ratio(ratio)
+        self.fast_path = True
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None):
         b, _, h, w = x.shape
@@ -400,10 +406,13 @@ class CAMixerOSR(SRNetwork):
         f = self.head(x)
         shortcut = f
         f = self.norm(f)
-        for group in self.body:
-            f = group(f, condition)
-        f = self.body_tail(f)
-        f = self.dcn(f, self.offset_conv(condition)) + shortcut
+        if fast_path_applies(self):
+            f = run_body_odi(self, f, condition) + shortcut
+        else:
+            for group in self.body:
+                f = group(f, condition)
+            f = self.body_tail(f)
+            f = self.dcn(f, self.offset_conv(condition)) + shortcut
         return self.tail(f) + self.mean
 
     def condition_for(self, x: torch.Tensor) -> torch.Tensor:
