@@ -20,7 +20,7 @@ from detailsr.benchmark import Case, measure
 from detailsr.flops import cost_report
 from detailsr.models.registry import build_untrained
 
-UNTRAINED = ["esc-light-x4", "esc-x4", "esc-fp-x4", "atd-light-x4", "pp-atd-light-x4"]
+UNTRAINED = ["esc-light-x4", "esc-x4", "esc-fp-x4", "atd-light-x4", "pp-atd-light-x4", "camixersr-odi-x4"]
 
 
 def main() -> None:

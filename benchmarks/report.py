@@ -100,6 +100,18 @@ def official_atd_section(name: str, data: dict) -> list[str]:
     return lines
 
 
+def fast_path_section(name: str, data: dict) -> list[str]:
+    """`fast_path.py`: each channels-last inference path against its plain-module twin, interleaved."""
+    lines = [f"### {name}", "", f"`{data['command']}` (torch {data['machine']['torch']}, "
+             f"{data['machine']['threads']} thread(s)): the optimised path against the plain modules it is "
+             "tested against, median of the interleaved runs.", "",
+             "| model | ratio | plain s | fast s | speed-up |", "|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['model']} | {r['ratio']:g} | {r['plain_s']:.3f} | {r['fast_s']:.3f} | "
+                     f"{r['speedup']:.2f}x |")
+    return lines
+
+
 def large_image_section(data: dict) -> list[str]:
     lines = ["## An 8K frame", "", f"`{data['command']}`: {data['model']}, x4 from {data['input']} (7680x4320 "
              f"output), {data['threads']} thread(s), the real command in its own process.", "",
@@ -160,6 +172,11 @@ def main() -> None:
         for path in official:
             render = official_atd_section if path.stem.startswith("official_atd") else official_section
             lines += render(path.stem, json.loads(path.read_text())) + [""]
+    fast = sorted(RESULTS.glob("fast_path_*.json"))
+    if fast:
+        lines += ["## Optimised paths against their oracles", ""]
+        for path in fast:
+            lines += fast_path_section(path.stem, json.loads(path.read_text())) + [""]
     large = _load("large_image")
     if large is not None:
         lines += large_image_section(large) + [""]

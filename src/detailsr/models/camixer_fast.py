@@ -156,12 +156,14 @@ def _deform_conv(dcn: nn.Module, x: torch.Tensor, feature: torch.Tensor) -> torc
 
     The module samples each tap's four corners by `torch.gather` over NCHW channels; here one
     `embedding_bag` sums every tap's corners of the channels-last map with their bilinear weights
-    (zero outside the image, times the mask), and one GEMM applies the kernel to all taps at once."""
+    (zero outside the image, times the mask), and one GEMM applies the kernel to all taps at once.
+    Positions are computed, and half-precision maps sampled, in float32 (as `_warp`)."""
     b, h, w, c = x.shape
     weight = dcn.weight
     kh, kw = weight.shape[2:]
     taps = kh * kw
-    o = dcn.conv_offset(feature)
+    dtype = coordinate_dtype(x)
+    o = dcn.conv_offset(feature).to(dtype)
     ho, wo = o.shape[-2:]
     offset, mask = o[:, : 2 * taps].view(b, taps, 2, ho, wo), torch.sigmoid(o[:, 2 * taps :])
     (sy, sx), (py, px), (dy, dx) = (_pair(v) for v in (dcn.stride, dcn.padding, dcn.dilation))
@@ -169,8 +171,8 @@ def _deform_conv(dcn: nn.Module, x: torch.Tensor, feature: torch.Tensor) -> torc
     tap_x = (torch.arange(kw, device=x.device) * dx).repeat(kh).view(1, taps, 1, 1)
     base_y = (torch.arange(ho, device=x.device) * sy - py).view(1, 1, ho, 1)
     base_x = (torch.arange(wo, device=x.device) * sx - px).view(1, 1, 1, wo)
-    y = (base_y + tap_y).to(x.dtype) + offset[:, :, 0]
-    x_pos = (base_x + tap_x).to(x.dtype) + offset[:, :, 1]
+    y = (base_y + tap_y).to(dtype) + offset[:, :, 0]
+    x_pos = (base_x + tap_x).to(dtype) + offset[:, :, 1]
     inside = (y > -1) & (y < h) & (x_pos > -1) & (x_pos < w)
     y0, x0 = torch.floor(y).clamp_(-1, h), torch.floor(x_pos).clamp_(-1, w)
     ly, lx = y - y0, x_pos - x0
@@ -185,7 +187,7 @@ def _deform_conv(dcn: nn.Module, x: torch.Tensor, feature: torch.Tensor) -> torc
     # (B, Ho, Wo, taps, 4): each output pixel's taps in kernel order, each tap's four corners
     indices = torch.stack(indices, -1).permute(0, 2, 3, 1, 4).reshape(-1, 4)
     weights = torch.stack(weights, -1).permute(0, 2, 3, 1, 4).reshape(-1, 4)
-    sampled = F.embedding_bag(indices, x.reshape(-1, c), per_sample_weights=weights, mode="sum")
+    sampled = _weighted_rows(x.reshape(-1, c).to(dtype), indices, weights).to(x.dtype)
     kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], taps * c)  # (C_out, taps x C)
     return linear(sampled.view(b, ho, wo, taps * c), kernel, dcn.bias)
 
@@ -238,12 +240,18 @@ def _warp(x: torch.Tensor, flow: torch.Tensor, rows: torch.Tensor, columns: torc
     corners = torch.stack((top_left, top_left + right, top_left + down, top_left + down + right), dim=-1)
     gx, gy = 1 - fx, 1 - fy
     weights = torch.stack((gx * gy, fx * gy, gx * fy, fx * fy), dim=-1)
-    table = x.reshape(-1, c).to(dtype)
-    if x.device.type in ("cpu", "cuda"):
-        out = F.embedding_bag(corners.view(-1, 4), table, per_sample_weights=weights.view(-1, 4), mode="sum")
-    else:  # the same sum by gathers, where embedding_bag may lack a kernel (MPS)
-        out = (table.index_select(0, corners.flatten()).view(-1, 4, c) * weights.view(-1, 4, 1)).sum(1)
+    out = _weighted_rows(x.reshape(-1, c).to(dtype), corners.view(-1, 4), weights.view(-1, 4))
     return out.view(*rows.shape, c).to(x.dtype)
+
+
+def _weighted_rows(table: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out[i] = sum over j of weights[i, j] * table[rows[i, j]]: (M, C) from rows and weights (M, J).
+
+    One `embedding_bag`, a fused gather and weighted sum; gathers and a sum where it may lack a
+    kernel (MPS)."""
+    if table.device.type in ("cpu", "cuda"):
+        return F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+    return (table.index_select(0, rows.flatten()).view(*rows.shape, -1) * weights[..., None]).sum(1)
 
 
 def _attend(mixer: CAMixer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gemm: Callable = linear) -> torch.Tensor:
