@@ -14,7 +14,7 @@ from PIL import Image
 
 from detailsr import load_model
 from detailsr.imageio import read_image, to_tensor
-from detailsr.models.camixer_fast import _deform_conv
+from detailsr.models.camixer_fast import _deform_conv, _weighted_rows, _weighted_rows_by_gathers
 from detailsr.models.camixersr import DCNv2Pack, latitude_condition
 from detailsr.models.registry import build_untrained
 
@@ -176,3 +176,14 @@ def test_deform_conv_equals_the_module(one_thread, stride, padding, dilation):
         got = _deform_conv(dcn, features.permute(0, 2, 3, 1).contiguous(), feature).permute(0, 3, 1, 2)
     assert got.shape == expected.shape
     assert (got - expected).abs().max() <= 1e-5
+
+
+def test_weighted_rows_by_gathers_equals_embedding_bag(one_thread):
+    """The sampling sum devices without `embedding_bag` run (MPS), against the one CPU runs."""
+    x, _ = erp_crop(16, 32)
+    table = x[0].permute(1, 2, 0).reshape(-1, 3)
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, table.shape[0], (500, 4), generator=generator)
+    weights = torch.rand(500, 4, generator=generator)
+    assert torch.allclose(_weighted_rows_by_gathers(table, rows, weights), _weighted_rows(table, rows, weights),
+                          atol=1e-6)

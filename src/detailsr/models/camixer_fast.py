@@ -247,10 +247,14 @@ def _warp(x: torch.Tensor, flow: torch.Tensor, rows: torch.Tensor, columns: torc
 def _weighted_rows(table: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """out[i] = sum over j of weights[i, j] * table[rows[i, j]]: (M, C) from rows and weights (M, J).
 
-    One `embedding_bag`, a fused gather and weighted sum; gathers and a sum where it may lack a
-    kernel (MPS)."""
+    One `embedding_bag`, a fused gather and weighted sum, where it has a kernel (CPU, CUDA)."""
     if table.device.type in ("cpu", "cuda"):
         return F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+    return _weighted_rows_by_gathers(table, rows, weights)
+
+
+def _weighted_rows_by_gathers(table: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """`_weighted_rows` as a gather, a product and a sum (devices without `embedding_bag`, e.g. MPS)."""
     return (table.index_select(0, rows.flatten()).view(*rows.shape, -1) * weights[..., None]).sum(1)
 
 
