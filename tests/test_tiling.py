@@ -13,7 +13,7 @@ from detailsr.imageio import from_tensor, read_image, to_tensor
 from detailsr.inference import run
 from detailsr.models.registry import build_untrained
 from detailsr.sizes import parse_bytes
-from detailsr.tiling import activation_cost, plan_tile, streamed_tiles, working_set
+from detailsr.tiling import activation_cost, cache_tile, last_level_cache, plan_tile, streamed_tiles, working_set
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,37 @@ def test_cli_refuses_a_whole_image_network_over_budget_in_one_line(tmp_path, one
     assert len(lines) == 1 and "looks at the whole image" in lines[0] and "--max-memory" in lines[0]
     bad = run_cli("upscale", src, "-o", out, "--max-memory", "lots")
     assert bad.returncode == 2 and "memory size" in bad.stderr and not out.exists()
+
+
+def test_the_cpu_cache_size_is_the_one_lscpu_reports():
+    import shutil
+    import subprocess
+
+    if shutil.which("lscpu") is None:
+        pytest.skip("lscpu is not installed")
+    listing = subprocess.run(["lscpu", "-C=NAME,ONE-SIZE,TYPE,LEVEL", "-B"], capture_output=True, text=True)
+    if listing.returncode:
+        pytest.skip("this lscpu does not list caches (-C)")
+    table = listing.stdout.splitlines()[1:]  # below the header: L1d 49152 Data 1, ...
+    sizes = {int(level): int(size) for _, size, kind, level in map(str.split, table) if kind != "Instruction"}
+    assert last_level_cache() == sizes[max(sizes)]
+
+
+def test_tiles_on_the_cpu_stay_within_the_cache(net):
+    """CAMixerSR-S's 36-channel maps: the tile is the largest multiple of 16 whose map fills at most
+    two thirds of the last-level cache; images within it run whole, larger ones in such tiles even
+    when the budget would take them whole, and a tighter budget still wins."""
+    cache = last_level_cache()
+    if cache is None:
+        pytest.skip("this system does not report its cache sizes")
+    tile = cache_tile(net)
+    channel_bytes = net.config["n_feats"] * 4
+    assert tile % 16 == 0 and channel_bytes * tile**2 <= 2 / 3 * cache < channel_bytes * (tile + 16) ** 2
+    plenty = 1 << 40
+    assert plan_tile(net, tile, tile, plenty) is None
+    assert plan_tile(net, tile + 16, tile + 16, plenty) == tile
+    assert plan_tile(net, 1080, 1920, plenty) == tile
+    per_pixel, fixed = activation_cost(net)
+    tight = int(fixed + per_pixel * 100 * 100)
+    assert plan_tile(net, 1080, 1920, tight) < tile
+    assert cache_tile(build_untrained("esc-light-x4")) is None  # never tiled unasked
