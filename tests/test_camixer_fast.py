@@ -31,14 +31,15 @@ def crop(name: str, h: int, w: int, flip: bool = False) -> torch.Tensor:
     return to_tensor(pixels[::-1].copy() if flip else pixels)
 
 
-def both_paths(net, x: torch.Tensor, seed: int | None = None):
+def both_paths(net, *inputs: torch.Tensor, seed: int | None = None):
+    """[(output, each mixer's attended windows)] of the plain modules, then of the fast path."""
     results = []
     for fast in (False, True):
         net.fast_path = fast
         if seed is not None:
             torch.manual_seed(seed)
         with torch.inference_mode():
-            y = net(x)
+            y = net(*inputs)
         results.append((y, [m.record.keep.clone() for m in net.mixers()]))
     net.fast_path = True
     return results
@@ -119,24 +120,11 @@ def erp_crop(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     return to_tensor(small), latitude_condition(height, width)
 
 
-def odi_paths(net, x: torch.Tensor, condition: torch.Tensor, seed: int | None = None):
-    results = []
-    for fast in (False, True):
-        net.fast_path = fast
-        if seed is not None:
-            torch.manual_seed(seed)
-        with torch.inference_mode():
-            y = net(x, condition)
-        results.append((y, [m.record.keep.clone() for m in net.mixers()]))
-    net.fast_path = True
-    return results
-
-
 @pytest.mark.parametrize("ratio", [1.0, 0.5, 0.0])
 def test_odi_fast_path_equals_the_modules(odi_net, one_thread, ratio):
     odi_net.set_ratio(ratio)
     x, condition = erp_crop(48, 96)
-    (plain, plain_keep), (fast, fast_keep) = odi_paths(odi_net, x, condition)
+    (plain, plain_keep), (fast, fast_keep) = both_paths(odi_net, x, condition)
     assert all(torch.equal(a, b) for a, b in zip(plain_keep, fast_keep, strict=True))
     assert [m.record.shift for m in odi_net.mixers()][:2] == [0, 8]  # shifted windows are exercised
     assert (plain - fast).abs().max() <= 1e-5
@@ -146,13 +134,13 @@ def test_odi_fast_path_equals_the_modules(odi_net, one_thread, ratio):
 def test_odi_fast_path_with_a_batch_and_the_official_draw(odi_net, one_thread):
     x, condition = erp_crop(32, 64)
     batch = torch.cat((x, x.flip(-1)))
-    (plain, pk), (fast, fk) = odi_paths(odi_net, batch, condition)
+    (plain, pk), (fast, fk) = both_paths(odi_net, batch, condition)
     assert all(torch.equal(a, b) for a, b in zip(pk, fk, strict=True))
     assert (plain - fast).abs().max() <= 1e-5
     for m in odi_net.mixers():
         m.stochastic = True
     try:
-        (plain, pk), (fast, fk) = odi_paths(odi_net, x, condition, seed=0)
+        (plain, pk), (fast, fk) = both_paths(odi_net, x, condition, seed=0)
         assert all(torch.equal(a, b) for a, b in zip(pk, fk, strict=True))
         assert (plain - fast).abs().max() <= 1e-5
     finally:
