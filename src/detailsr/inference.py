@@ -50,8 +50,9 @@ def upscale(
     `resize_output`), e.g. 2 or 3.5 with a x4 network.
     precision: "fp32", "fp16" or "bf16" (see `run`); None: the network's own dtype.
     max_memory: bytes for the network's working set on images (arrays, PIL): without `tile`, a
-    tile is chosen to fit (`tiling.plan_tile`; a network that needs the whole image refuses an image
-    that does not fit). Tiled images are streamed into the integer output, never held in float.
+    tile is chosen to fit, and on the CPU to keep a feature map in the cache (`tiling.plan_tile`; a
+    network that needs the whole image refuses an image that does not fit). Tiled images are
+    streamed into the integer output, never held in float.
     panorama: the image is a 360° panorama (e.g. ERP) whose left and right edges meet: it is padded
     with wrap-around context on both sides before the network (and tiling) and cropped after, so
     the output has no seam at the ±180° meridian (see `panorama_padding`). Alpha is wrapped too.

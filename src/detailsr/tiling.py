@@ -68,7 +68,8 @@ def working_set(net: SRNetwork, tile_h: int, tile_w: int, width: int) -> float:
 
 
 def plan_tile(net: SRNetwork, height: int, width: int, budget: int, overlap: int = 16) -> int | None:
-    """The LR tile side for an h x w image within `budget` bytes; None when the whole image fits.
+    """The LR tile side for an h x w image within `budget` bytes, and on the CPU within `cache_tile`;
+    None when the whole image fits both.
 
     Tiles are multiples of 16 (the window of most networks) and larger than twice the overlap. A
     network that looks at the whole image (`tile_safe` False) is never tiled here: when the image
@@ -98,9 +99,9 @@ def plan_tile(net: SRNetwork, height: int, width: int, budget: int, overlap: int
 
 def cache_tile(net: SRNetwork) -> int | None:
     """The largest LR tile side (a multiple of 16) at which one of `net`'s feature maps (`n_feats`
-    float32 channels) fills at most two thirds of the CPU's last-level cache; None where that does
-    not apply: on other devices, for networks that look at the whole image, or when the cache size or
-    the width is unknown."""
+    channels of its dtype) fills at most two thirds of the CPU's last-level cache; None where that
+    does not apply: on other devices, for networks that look at the whole image, or when the cache
+    size or the width is unknown."""
     parameter = next(net.parameters(), None)
     width = net.config.get("n_feats")
     cache = last_level_cache()
