@@ -10,10 +10,18 @@ from conftest import photo
 from detailsr import load_model
 from detailsr.errors import ConfigError
 from detailsr.imageio import from_tensor, read_image, to_tensor
-from detailsr.inference import run
+from detailsr.inference import run, tile_origins
 from detailsr.models.registry import build_untrained
 from detailsr.sizes import parse_bytes
-from detailsr.tiling import activation_cost, cache_tile, last_level_cache, plan_tile, streamed_tiles, working_set
+from detailsr.tiling import (
+    activation_cost,
+    cache_pixels,
+    cache_tile,
+    last_level_cache,
+    plan_tile,
+    streamed_tiles,
+    working_set,
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,19 +123,31 @@ def test_the_cpu_cache_size_is_the_one_lscpu_reports():
 
 
 def test_tiles_on_the_cpu_stay_within_the_cache(net):
-    """CAMixerSR-S's 36-channel maps: the tile is the largest multiple of 16 whose map fills at most
-    two thirds of the last-level cache; images within it run whole, larger ones in such tiles even
-    when the budget would take them whole, and a tighter budget still wins."""
+    """CAMixerSR-S's 36-channel maps: an image whose map fits the last-level cache runs whole; a
+    larger one is tiled even when the budget would take it whole, in tiles whose map fills at most
+    two thirds of the cache, of the side that covers it with the least work (within 5 %); a tighter
+    budget still wins."""
     cache = last_level_cache()
     if cache is None:
         pytest.skip("this system does not report its cache sizes")
-    tile = cache_tile(net)
     channel_bytes = net.config["n_feats"] * 4
+    assert cache_pixels(net) == cache // channel_bytes
+    tile = cache_tile(net)
     assert tile % 16 == 0 and channel_bytes * tile**2 <= 2 / 3 * cache < channel_bytes * (tile + 16) ** 2
     plenty = 1 << 40
-    assert plan_tile(net, tile, tile, plenty) is None
-    assert plan_tile(net, tile + 16, tile + 16, plenty) == tile
-    assert plan_tile(net, 1080, 1920, plenty) == tile
+    side = math.isqrt(cache_pixels(net))
+    assert plan_tile(net, side, side, plenty) is None
+    for height, width in ((side + 1, side + 1), (1080, 1920)):
+        planned = plan_tile(net, height, width, plenty)
+        assert 48 <= planned <= tile
+
+        def work(t, height=height, width=width):
+            th, tw = min(t, height), min(t, width)
+            return len(tile_origins(height, th, 16)) * th * len(tile_origins(width, tw, 16)) * tw
+
+        least = min(work(t) for t in range(48, tile + 1, 16))
+        assert work(planned) <= 1.05 * least  # and every larger side takes more
+        assert all(work(t) > 1.05 * least for t in range(planned + 16, tile + 1, 16))
     per_pixel, fixed = activation_cost(net)
     tight = int(fixed + per_pixel * 100 * 100)
     assert plan_tile(net, 1080, 1920, tight) < tile

@@ -6,12 +6,13 @@ writes finished rows straight into the 8/16-bit output array. Its float memory i
 output rows (a tile high, the image wide), so peak memory no longer grows with the image height.
 
 `plan_tile` picks the largest tile whose working set fits a budget, from the network's activation
-memory per LR pixel (`activation_cost`, measured once per network on two small inputs), and on the
-CPU no larger than `cache_tile`: past the size where one feature map fills the last-level cache,
-every layer streams from main memory. CAMixerSR-S (36 channels, a 32 MiB cache, 1 thread) took
-20-24 µs per LR pixel up to 384², 38 µs at 512² and 53 µs at 768²; with 2 threads a 960x544 LR
-took 23 s whole and 11 s in 384-pixel tiles, the 1920x1080 LR of an 8K frame 51 s in the 464-pixel
-tiles the 1 GiB budget allows and 42 s in 384-pixel ones.
+memory per LR pixel (`activation_cost`, measured once per network on two small inputs). On the CPU
+an image whose feature map would not fit the last-level cache (`cache_pixels`) is tiled too, in
+tiles no larger than `cache_tile` and of the side that covers it with the least work: past that
+size every layer streams from main memory. CAMixerSR-S (36 channels, a 32 MiB cache, 1 thread)
+took 20-24 µs per LR pixel up to 384², 38 µs at 512² and 53 µs at 768²; with 2 threads a 960x544
+LR took 23 s whole and 11 s in 384-pixel tiles, the 1920x1080 LR of an 8K frame 51 s in the
+464-pixel tiles the 1 GiB budget allows and 42 s in 384-pixel ones.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def working_set(net: SRNetwork, tile_h: int, tile_w: int, width: int) -> float:
 
 def plan_tile(net: SRNetwork, height: int, width: int, budget: int, overlap: int = 16) -> int | None:
     """The LR tile side for an h x w image within `budget` bytes, and on the CPU within `cache_tile`;
-    None when the whole image fits both.
+    None when the whole image fits the budget and, on the CPU, its map the cache (`cache_pixels`).
 
     Tiles are multiples of 16 (the window of most networks) and larger than twice the overlap. A
     network that looks at the whole image (`tile_safe` False) is never tiled here: when the image
@@ -77,8 +78,8 @@ def plan_tile(net: SRNetwork, height: int, width: int, budget: int, overlap: int
     choice, `tile=`, since it changes the output everywhere).
     """
     whole = activation_cost(net)[1] + activation_cost(net)[0] * height * width
-    fast = cache_tile(net)
-    if whole <= budget and (fast is None or height * width <= fast * fast):
+    in_cache, fast = cache_pixels(net), cache_tile(net)
+    if whole <= budget and (in_cache is None or height * width <= in_cache):
         return None
     if not net.tile_safe:
         raise ConfigError(
@@ -94,22 +95,45 @@ def plan_tile(net: SRNetwork, height: int, width: int, budget: int, overlap: int
         raise ConfigError(f"even {tile}-pixel tiles of a {width}x{height} image need about "
                           f"{_gib(working_set(net, min(tile, height), min(tile, width), width))}, more than "
                           f"the memory budget of {_gib(budget)}")
-    return tile if fast is None else max(min(tile, fast), smallest)
+    if fast is None:
+        return tile
+    return least_work_tile(height, width, max(min(tile, fast), smallest), smallest, overlap)
 
 
-def cache_tile(net: SRNetwork) -> int | None:
-    """The largest LR tile side (a multiple of 16) at which one of `net`'s feature maps (`n_feats`
-    channels of its dtype) fills at most two thirds of the CPU's last-level cache; None where that
-    does not apply: on other devices, for networks that look at the whole image, or when the cache
-    size or the width is unknown."""
+def least_work_tile(height: int, width: int, largest: int, smallest: int, overlap: int) -> int:
+    """The largest tile side in [smallest, largest] (multiples of 16) whose overlapping tiles cover an
+    h x w image with at most 5 % more pixels in all than the fewest any side needs (fewer, larger
+    tiles have fewer seams): a 400 x 400 image takes two rows of two 208-pixel tiles (173k pixels),
+    not of two 384-pixel ones (590k pixels)."""
+
+    def work(side: int) -> int:
+        th, tw = min(side, height), min(side, width)
+        return len(tile_origins(height, th, overlap)) * th * len(tile_origins(width, tw, overlap)) * tw
+
+    works = {side: work(side) for side in range(smallest, largest + 1, 16)}
+    least = min(works.values())
+    return max(side for side, pixels in works.items() if pixels <= 1.05 * least)
+
+
+def cache_pixels(net: SRNetwork) -> int | None:
+    """LR pixels of one of `net`'s feature maps (`n_feats` channels of its dtype) that fill the CPU's
+    last-level cache: images up to that run whole. None where that does not apply: on other
+    devices, for networks that look at the whole image, or when the cache size or the width is
+    unknown."""
     parameter = next(net.parameters(), None)
     width = net.config.get("n_feats")
     cache = last_level_cache()
     if parameter is None or parameter.device.type != "cpu" or not net.tile_safe or not width or cache is None:
         return None
     channels = max(width) if isinstance(width, (list, tuple)) else int(width)
-    side = math.sqrt(2 / 3 * cache / (channels * parameter.element_size()))
-    return max(16, 16 * int(side // 16))
+    return cache // (channels * parameter.element_size())
+
+
+def cache_tile(net: SRNetwork) -> int | None:
+    """The largest LR tile side (a multiple of 16) whose feature map fills at most two thirds of the
+    last-level cache (the rest for the layer's other operands); None where `cache_pixels` is."""
+    pixels = cache_pixels(net)
+    return None if pixels is None else max(16, 16 * int(math.sqrt(2 / 3 * pixels) // 16))
 
 
 def last_level_cache() -> int | None:

@@ -212,12 +212,12 @@ def _upscale_group(group: list, net, args: argparse.Namespace) -> int:
 
 
 def _batch_fits(net, shape: tuple, count: int, budget: int) -> bool:
-    """Whether `count` whole images of `shape` fit the memory budget together, and on the CPU the
-    cache-sized tile (`tiling.cache_tile`) as one map (else: one at a time)."""
-    from ..tiling import cache_tile, plan_tile
+    """Whether `count` whole images of `shape` fit the memory budget together, and on the CPU their
+    feature maps the cache (`tiling.cache_pixels`) (else: one at a time)."""
+    from ..tiling import cache_pixels, plan_tile
 
-    fast = cache_tile(net)
-    if fast is not None and count * shape[0] * shape[1] > fast * fast:
+    in_cache = cache_pixels(net)
+    if in_cache is not None and count * shape[0] * shape[1] > in_cache:
         return False
     try:
         return plan_tile(net, shape[0], shape[1], budget // count) is None
