@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from .base import SRNetwork
 from .camixer import WINDOW, CAMixer, CAMixerODI, official_gamma
 from .camixer_fast import run_body, run_body_odi
-from .layers import LayerNorm2d, Upsampler, pad_to_multiple
+from .layers import LayerNorm2d, Upsampler, pad_to_multiple, pair
 from .purepass import pure_mask
 from .record import attended_share
 
@@ -154,10 +154,6 @@ class CAMixerSR(SRNetwork):
 # Modulated deformable convolution (DCNv2) in plain PyTorch (spec 7.2.1).
 
 
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def _sample_zero_padded(flat: torch.Tensor, y: torch.Tensor, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Bilinear samples of `flat` (B, C, h*w) at positions y, x (B, Ho, Wo), zero outside.
 
@@ -205,7 +201,7 @@ def modulated_deform_conv2d(
     if c_in != c:
         raise ValueError(f"deformable conv: input has {c} channels, weight expects {c_in}")
     ho, wo = offset.shape[-2:]
-    (sy, sx), (py, px), (dy, dx) = _pair(stride), _pair(padding), _pair(dilation)
+    (sy, sx), (py, px), (dy, dx) = pair(stride), pair(padding), pair(dilation)
     off = offset.view(b, kh * kw, 2, ho, wo)
     base_y = (torch.arange(ho, device=x.device) * sy - py).to(x.dtype).view(1, ho, 1)
     base_x = (torch.arange(wo, device=x.device) * sx - px).to(x.dtype).view(1, 1, wo)

@@ -70,6 +70,11 @@ def coordinate_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
+def pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    """A conv's stride, padding or dilation as (along H, along W)."""
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> torch.Tensor:
     """Pad right and bottom so that H and W become multiples of `multiple`."""
     h, w = x.shape[-2:]
