@@ -17,6 +17,7 @@ LR took 23 s whole and 11 s in 384-pixel tiles, the 1920x1080 LR of an 8K frame 
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -136,8 +137,9 @@ def cache_tile(net: SRNetwork) -> int | None:
     return None if pixels is None else max(16, 16 * int(math.sqrt(2 / 3 * pixels) // 16))
 
 
+@functools.cache
 def last_level_cache() -> int | None:
-    """Bytes of the CPU's largest-level data cache (Linux sysfs); None where unknown."""
+    """Bytes of the CPU's largest-level data cache (Linux sysfs, read once); None where unknown."""
     levels = {}
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
