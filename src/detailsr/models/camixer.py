@@ -111,7 +111,7 @@ def official_draw(logits: torch.Tensor, count: Callable[[int, torch.Tensor], int
     saturate to exactly 1.0 and tie; torch's (unstable) argsort orders ties its own way, so only this
     call reproduces the official window choice."""
     p = torch.softmax(logits, dim=-1)
-    hard = F.gumbel_softmax(p, hard=True, dim=2)[:, :, 0:1]
+    hard = hard_mask(logits)
     return torch.argsort(p[:, :, 0], dim=1, descending=True)[:, : count(p.shape[1], hard.mean())]
 
 

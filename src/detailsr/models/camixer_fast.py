@@ -136,10 +136,8 @@ def _mixer_odi(mixer: CAMixerODI, x: torch.Tensor, latitude: torch.Tensor) -> to
     if keep.shape[1]:
         rows, columns = _window_tokens(keep, h, w, ws)  # in the rolled map
         source_rows, source_columns = (rows + shift) % h, (columns + shift) % w  # in the un-rolled one
-        hidden = F.leaky_relu(_linear(_gather(z, _pixel_index(source_rows, source_columns, h, w)),
-                                      route.out_offsets[0], F.linear), 0.2)
-        flow = _linear(hidden, route.out_offsets[2], F.linear)  # raw offsets, no tanh
-        qk = _warp(x, flow, source_rows, source_columns)
+        flow = _raw_offsets(route, _gather(z, _pixel_index(source_rows, source_columns, h, w)), F.linear)
+        qk = _warp(x, flow, source_rows, source_columns)  # the ODI predictor's offsets are raw: no tanh
         pixels = _pixel_index(rows, columns, h, w)
         attended = _attend(mixer, qk, qk, _gather(v, pixels), F.linear)
         a.view(-1, c).index_copy_(0, pixels.flatten(), attended.view(-1, c))
@@ -194,8 +192,13 @@ def _deform_conv(dcn: nn.Module, x: torch.Tensor, feature: torch.Tensor) -> torc
 
 def _offsets(route: nn.Module, z: torch.Tensor, gemm: Callable = linear) -> torch.Tensor:
     """The predictor's flow (pixels, x then y) for windows of z (B, K, T, c4): (B, K, T, 2)."""
-    hidden = F.leaky_relu(_linear(z, route.out_offsets[0], gemm), 0.1)
-    return torch.tanh(_linear(hidden, route.out_offsets[2], gemm)) * 8
+    return torch.tanh(_raw_offsets(route, z, gemm)) * 8
+
+
+def _raw_offsets(route: nn.Module, z: torch.Tensor, gemm: Callable = linear) -> torch.Tensor:
+    """`route.out_offsets` (1x1 conv, its LeakyReLU, 1x1 conv) on the last dim of z."""
+    hidden = route.out_offsets[1](_linear(z, route.out_offsets[0], gemm))
+    return _linear(hidden, route.out_offsets[2], gemm)
 
 
 def _window_tokens(keep: torch.Tensor, h: int, w: int, ws: int) -> tuple[torch.Tensor, torch.Tensor]:
