@@ -148,7 +148,7 @@ def test_tiles_on_the_cpu_stay_within_the_cache(net):
         least = min(work(t) for t in range(48, tile + 1, 16))
         assert work(planned) <= 1.05 * least  # and every larger side takes more
         assert all(work(t) > 1.05 * least for t in range(planned + 16, tile + 1, 16))
-    per_pixel, fixed = activation_cost(net)
-    tight = int(fixed + per_pixel * 100 * 100)
-    assert plan_tile(net, 1080, 1920, tight) < tile
+    smaller = max(48, tile // 32 * 16)  # a budget that takes only half the cache tile's side
+    tight = math.ceil(working_set(net, smaller, smaller, 1920))
+    assert plan_tile(net, 1080, 1920, tight) <= smaller < tile
     assert cache_tile(build_untrained("esc-light-x4")) is None  # never tiled unasked
