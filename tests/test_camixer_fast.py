@@ -15,7 +15,7 @@ from PIL import Image
 from detailsr import load_model
 from detailsr.imageio import read_image, to_tensor
 from detailsr.models.camixer_fast import _deform_conv, _weighted_rows, _weighted_rows_by_gathers
-from detailsr.models.camixersr import DCNv2Pack, latitude_condition
+from detailsr.models.camixersr import DCNv2Pack, fast_path_applies, latitude_condition
 from detailsr.models.registry import build_untrained
 
 
@@ -83,13 +83,13 @@ def test_training_and_the_dense_reference_keep_the_module_path(net):
     mixer = net.mixers()[0]
     mixer.dense_reference = True
     try:
-        assert not net._use_fast_path()
+        assert not fast_path_applies(net)
     finally:
         mixer.dense_reference = False
-    assert net._use_fast_path()
+    assert fast_path_applies(net)
     net.train()
     try:
-        assert not net._use_fast_path()
+        assert not fast_path_applies(net)
         net(x)
         assert mixer.record.hard_fraction is not None
     finally:

@@ -78,7 +78,8 @@ def plan_tile(net: SRNetwork, height: int, width: int, budget: int, overlap: int
     does not fit, that is an error naming what it would need (tiling it is the caller's explicit
     choice, `tile=`, since it changes the output everywhere).
     """
-    whole = activation_cost(net)[1] + activation_cost(net)[0] * height * width
+    per_pixel, fixed = activation_cost(net)
+    whole = fixed + per_pixel * height * width
     in_cache, fast = cache_pixels(net), cache_tile(net)
     if whole <= budget and (in_cache is None or height * width <= in_cache):
         return None

@@ -129,7 +129,7 @@ class CAMixerSR(SRNetwork):
                 m.window_pure = shares
         f = self.head(x)
         global_condition = self.global_predictor(f)
-        if self._use_fast_path():
+        if fast_path_applies(self):
             f = run_body(self, f, global_condition)
         else:
             shortcut = f
@@ -137,9 +137,6 @@ class CAMixerSR(SRNetwork):
                 f = group(f, global_condition)
             f = self.body_tail(f) + shortcut
         return self.tail(f)[:, :, : h * self.scale, : w * self.scale]
-
-    def _use_fast_path(self) -> bool:
-        return fast_path_applies(self)
 
     def mixers(self) -> list[CAMixer]:
         return [m for m in self.modules() if isinstance(m, CAMixer)]
